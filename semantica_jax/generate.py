@@ -1,0 +1,109 @@
+"""The decoder as used by training, evaluation and the tools: build it, sample variations.
+
+`make_variation_fn` returns one jitted function `(params, cond_tokens, cond_cls, rng,
+guidance[, x_start, t_start]) -> images` that is compiled once per shape and shared by the
+sample grid in training, the evaluation sampler and the command-line tools.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from semantica_jax.diffusion import samplers, schedules
+from semantica_jax.models import uvit
+
+
+def build_model(config) -> uvit.UViT:
+    """The U-ViT decoder described by `config.model` at the data resolution."""
+    return uvit.UViT(
+        uvit.UViTConfig.from_config(config.model, config.data.image_size, config.data.channels)
+    )
+
+
+def training_logsnr_fn(config) -> Callable[[jax.Array], jax.Array]:
+    return schedules.logsnr_fn(config.diffusion, config.data.image_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+    """Typed view of `config.sampler` and the parametrisation the decoder was trained with."""
+
+    kind: str
+    num_steps: int
+    gamma: float
+    clip_x: bool
+    prediction: str
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> SamplerSettings:
+        values = dict(
+            kind=config.sampler.kind,
+            num_steps=int(config.sampler.num_steps),
+            gamma=float(config.sampler.gamma),
+            clip_x=bool(config.sampler.clip_x),
+            prediction=config.diffusion.prediction,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+def make_variation_fn(config, model: uvit.UViT | None = None, **sampler_overrides):
+    """A jitted sampler of variations for conditioning embeddings.
+
+    Returns:
+      `fn(params, cond_tokens [B,T,D], cond_cls [B,D], rng, guidance, x_start=None,
+      t_start=1.0) -> images [B,H,W,C] in [-1,1]`. `guidance` is traced (no recompilation
+      when it changes); `x_start`/`t_start < 1` start part-way (SDEdit denoising).
+    """
+    model = model or build_model(config)
+    settings = SamplerSettings.from_config(config, **sampler_overrides)
+    logsnr_fn = training_logsnr_fn(config)
+    shape_hw = (config.data.image_size, config.data.image_size, config.data.channels)
+
+    def fn(params, cond_tokens, cond_cls, rng, guidance, x_start=None, t_start=1.0):
+        def model_fn(z_t, logsnr, cond, drop_cond):
+            return model.apply(
+                {"params": params},
+                z_t,
+                logsnr,
+                cond["tokens"],
+                cond["cls"],
+                drop_cond,
+                train=False,
+            )
+
+        cond = {"tokens": cond_tokens.astype(jnp.float32), "cls": cond_cls.astype(jnp.float32)}
+        return samplers.sample(
+            model_fn,
+            cond,
+            rng,
+            (cond_tokens.shape[0], *shape_hw),
+            logsnr_fn,
+            prediction=settings.prediction,
+            kind=settings.kind,
+            num_steps=settings.num_steps,
+            gamma=settings.gamma,
+            guidance=guidance,
+            clip_x=settings.clip_x,
+            t_start=t_start,
+            x_start=x_start,
+        )
+
+    return jax.jit(fn, static_argnames=("t_start",))
+
+
+def to_uint8(images: Any) -> np.ndarray:
+    """[-1,1] floats -> uint8 [.., H, W, C]."""
+    x = np.asarray(images, np.float32)
+    return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def to_model_range(images: Any) -> np.ndarray:
+    """uint8 -> float32 in [-1,1]."""
+    return np.asarray(images, np.float32) / 127.5 - 1.0

@@ -1,0 +1,127 @@
+"""Alignment and diversity of image variations, and the real-data floor of FID/P/R.
+
+- alignment: how close the variations stay to their conditioning image (mean cosine in a
+  given embedding space; the caller computes it in encoder space and in feature-network
+  space). A copier scores 1.
+- diversity: how different the variations of one conditioning image are from each other
+  (mean pairwise feature distance, averaged over conditioning images). A copier scores 0.
+- real_floor: FID/precision/recall between two disjoint real sets of the same size N, the
+  best a generator can hope for at that N (FID is biased upward at small N); report it next
+  to every FID.
+"""
+
+import numpy as np
+
+from semantica_jax.metrics.fewshot import kshot_metrics
+
+
+def _check_grouped(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 3:
+        raise ValueError(
+            f"{name} must be grouped per conditioning image, [K,S,F]; got {x.shape}. "
+            "Reshape conditioning-major samples [K*S,F] with x.reshape(K, S, -1)."
+        )
+    return x
+
+
+def alignment(cond_emb: np.ndarray, sample_emb: np.ndarray, eps: float = 1e-12) -> float:
+    """Mean cosine similarity between each conditioning image and its variations.
+
+    Args:
+      cond_emb: [K,E] embeddings of the K conditioning images.
+      sample_emb: [K,S,E] embeddings of their S variations each (same space).
+      eps: guards the normalisation of all-zero embeddings.
+
+    Returns:
+      mean over k, s of cos(cond_emb[k], sample_emb[k, s]), in [-1, 1].
+    """
+    cond_emb = np.asarray(cond_emb, dtype=np.float64)
+    sample_emb = _check_grouped(sample_emb, "sample_emb")
+    if cond_emb.ndim != 2 or cond_emb.shape != (sample_emb.shape[0], sample_emb.shape[2]):
+        raise ValueError(
+            f"cond_emb has shape {cond_emb.shape}; expected (K, E) = "
+            f"{(sample_emb.shape[0], sample_emb.shape[2])} to match sample_emb {sample_emb.shape}."
+        )
+    cond_unit = cond_emb / np.maximum(np.linalg.norm(cond_emb, axis=-1, keepdims=True), eps)
+    sample_unit = sample_emb / np.maximum(
+        np.linalg.norm(sample_emb, axis=-1, keepdims=True), eps
+    )
+    return float(np.mean(np.einsum("ke,kse->ks", cond_unit, sample_unit)))
+
+
+def mean_pairwise_distance(feats: np.ndarray) -> float:
+    """Mean Euclidean distance over all unordered pairs of rows of feats [S,F], S >= 2.
+
+    Differences are taken directly (not via the Gram matrix) so that identical rows give
+    exactly 0; memory stays [S,F].
+    """
+    feats = np.asarray(feats, dtype=np.float64)
+    s = feats.shape[0]
+    if s < 2:
+        raise ValueError(f"diversity needs >= 2 samples per conditioning image; got {s}.")
+    total = 0.0
+    for i in range(s - 1):
+        total += np.linalg.norm(feats[i + 1 :] - feats[i], axis=1).sum()
+    return total / (s * (s - 1) / 2)
+
+
+def diversity(sample_feats: np.ndarray) -> float:
+    """Mean pairwise feature distance among the variations of each conditioning image.
+
+    Args:
+      sample_feats: [K,S,F] features of S >= 2 variations of each of K conditioning images.
+
+    Returns:
+      mean over k of the mean pairwise distance among sample_feats[k] (0 for copies).
+    """
+    sample_feats = _check_grouped(sample_feats, "sample_feats")
+    return float(np.mean([mean_pairwise_distance(group) for group in sample_feats]))
+
+
+def real_floor(
+    feats: np.ndarray,
+    n: int,
+    seed: int,
+    *,
+    other: np.ndarray | None = None,
+    pr_k: int = 3,
+    block_size: int = 1000,
+) -> dict[str, float]:
+    """FID/precision/recall between two disjoint real sets of size n.
+
+    Args:
+      feats: [M,F] real features. Without `other`, two disjoint random subsets of n rows
+        are drawn from it (needs M >= 2n).
+      n: size of each set (use the N of the evaluation it is reported next to).
+      seed: seed of the random subsets.
+      other: optional [M',F] features of a disjoint real set (e.g. a train slice when
+        feats is the test split); then n rows are drawn from each of feats and other.
+      pr_k: k of precision/recall.
+      block_size: rows per distance block.
+
+    Returns:
+      {'fid', 'precision', 'recall', 'n'}.
+    """
+    feats = np.asarray(feats)
+    rng = np.random.default_rng(seed)
+    if other is None:
+        if feats.shape[0] < 2 * n:
+            raise ValueError(
+                f"real_floor needs 2n = {2 * n} rows to draw two disjoint sets; got "
+                f"{feats.shape[0]}. Lower n or pass a disjoint set as `other`."
+            )
+        order = rng.permutation(feats.shape[0])
+        set_a, set_b = feats[order[:n]], feats[order[n : 2 * n]]
+    else:
+        other = np.asarray(other)
+        if min(feats.shape[0], other.shape[0]) < n:
+            raise ValueError(
+                f"real_floor needs n = {n} rows in each set; got {feats.shape[0]} and "
+                f"{other.shape[0]}."
+            )
+        set_a = feats[rng.choice(feats.shape[0], n, replace=False)]
+        set_b = other[rng.choice(other.shape[0], n, replace=False)]
+    metrics = kshot_metrics(set_a, set_b, pr_k=pr_k, block_size=block_size)
+    metrics["n"] = n
+    return metrics

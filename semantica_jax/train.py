@@ -1,0 +1,343 @@
+"""Training: `train_and_evaluate(config, workdir)`, the importable entry point of `main`.
+
+Shape-first state on a device mesh, a jitted donated train step, Orbax checkpoints with
+the data-pipeline position (exact resume), clu summaries, sample grids, preemption.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from clu import metric_writers, parameter_overview, periodic_actions
+
+from semantica_jax import checkpointing, datasets, generate, image_io, parallel
+from semantica_jax.train_step import StepConfig, TrainState, learning_rate_schedule
+from semantica_jax.train_step import make_optimizer, train_step
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or gradient norm became NaN/Inf; the state at that step was not kept."""
+
+
+def validate_config(config) -> None:
+    """Rejects values that would fail later, with a message naming the field."""
+    positive = {
+        "train.batch_size": config.train.batch_size,
+        "train.num_steps": config.train.num_steps,
+        "train.log_every": config.train.log_every,
+        "train.checkpoint_every": config.train.checkpoint_every,
+        "train.eval_every": config.train.eval_every,
+        "sampler.num_steps": config.sampler.num_steps,
+        "data.image_size": config.data.image_size,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise ValueError(f"config.{name}={value} must be positive")
+    if not 0.0 <= config.diffusion.p_uncond < 1.0:
+        raise ValueError(f"config.diffusion.p_uncond={config.diffusion.p_uncond} must be in [0,1)")
+    if not 0.0 <= config.train.ema_decay < 1.0:
+        raise ValueError(f"config.train.ema_decay={config.train.ema_decay} must be in [0,1)")
+
+
+def write_config_json(config, workdir: str) -> None:
+    """The effective config, atomically, as WORKDIR/config.json (process 0)."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "config.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _model_apply(model):
+    def apply(params, z_t, logsnr, cond_tokens, cond_cls, drop_cond, dropout_rng):
+        return model.apply(
+            {"params": params},
+            z_t,
+            logsnr,
+            cond_tokens,
+            cond_cls,
+            drop_cond,
+            train=True,
+            rngs={"dropout": dropout_rng},
+        )
+
+    return apply
+
+
+def _encoder_apply(bundle):
+    def apply(params, images):
+        return bundle.model.apply({"params": params}, images)[1]
+
+    return apply
+
+
+def create_state(config, model, tx, example: dict[str, np.ndarray], mesh) -> tuple[Any, Any]:
+    """Shape-first initialisation: eval_shape -> shardings -> jitted init on the mesh.
+
+    Returns:
+      (state, abstract_state); the abstract state (with shardings) is the restore target.
+    """
+    rng = jax.random.PRNGKey(config.seed)
+
+    def init(rng):
+        init_rng, state_rng = jax.random.split(rng)
+        b = 1
+        params = model.init(
+            {"params": init_rng},
+            jnp.zeros((b, *example["target"].shape[1:]), jnp.float32),
+            jnp.zeros((b,), jnp.float32),
+            jnp.zeros((b, *example["cond_tokens"].shape[1:]), jnp.float32),
+            jnp.zeros((b, *example["cond_cls"].shape[1:]), jnp.float32),
+            jnp.zeros((b,), bool),
+            train=False,
+        )["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            ema_params=params,
+            opt_state=tx.init(params),
+            rng=state_rng,
+        )
+
+    abstract = jax.eval_shape(init, rng)
+    shardings = parallel.state_shardings(abstract, mesh)
+    state = jax.jit(init, out_shardings=shardings)(rng)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+    return state, abstract
+
+
+class _Preemption:
+    """SIGTERM -> finish the current step, save, exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: will checkpoint at the next step boundary and exit")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _host_scalars(metrics: dict[str, jax.Array]) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}
+
+
+def _sample_grid(config, variation_fn, params, cond, rng) -> np.ndarray:
+    """Rows: conditioning image | variations at guidance 0 | variations at config guidance.
+
+    Returns:
+      uint8 [rows * (1 + 2 * cols) images, H, W, C] in row-major order.
+    """
+    rows, cols = int(config.train.num_sample_rows), int(config.train.num_sample_cols)
+    tokens = np.repeat(np.asarray(cond.tokens, np.float32), cols, axis=0)
+    cls = np.repeat(np.asarray(cond.cls, np.float32), cols, axis=0)
+    out = [cond.images.reshape(rows, 1, *cond.images.shape[1:])]
+    for i, w in enumerate((0.0, float(config.sampler.guidance))):
+        x = variation_fn(params, tokens, cls, jax.random.fold_in(rng, i), jnp.float32(w))
+        x = generate.to_uint8(jax.device_get(x))
+        out.append(x.reshape(rows, cols, *x.shape[1:]))
+    return np.concatenate(out, axis=1).reshape(-1, *cond.images.shape[1:])
+
+
+def _write_samples(config, workdir, writer, step, variation_fn, params, cond, rng) -> str:
+    grid = _sample_grid(config, variation_fn, params, cond, rng)
+    cols = 1 + 2 * int(config.train.num_sample_cols)
+    image = image_io.make_grid(grid, cols)
+    writer.write_images(step, {"samples": image[None]})
+    path = os.path.join(workdir, "samples", f"step_{step}.png")
+    if jax.process_index() == 0:
+        image_io.save_png(image, path)
+    return path
+
+
+def train_and_evaluate(config, workdir: str) -> tuple[TrainState, dict[str, Any]]:
+    """Trains the decoder described by `config`, resuming from `workdir` if possible.
+
+    Returns:
+      The final train state and a summary dict (also written to WORKDIR/summary.json).
+    """
+    validate_config(config)
+    mesh = parallel.make_mesh(config.mesh.fsdp)
+    per_process_batch = parallel.check_batch_size(config.train.batch_size, mesh)
+    write_config_json(config, workdir)
+    writer = metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0, asynchronous=False
+    )
+
+    bundle = datasets.load_encoder(config)
+    train_data = datasets.load_embedded_split(config, bundle, config.data.train_split)
+    eval_data = datasets.load_embedded_split(config, bundle, config.data.eval_split)
+    pipe, pair_report = datasets.make_train_pipeline(config, train_data, workdir, per_process_batch)
+    grid_idx = datasets.sample_grid_conditioning(eval_data, int(config.train.num_sample_rows))
+    grid_cond = datasets.EmbeddedSplit(
+        eval_data.images[grid_idx],
+        eval_data.labels[grid_idx],
+        np.asarray(eval_data.tokens[grid_idx], np.float32),
+        eval_data.cls[grid_idx],
+    )
+
+    model = generate.build_model(config)
+    tx = make_optimizer(config.train)
+    example = {
+        "target": train_data.images[:1],
+        "cond_tokens": train_data.tokens[:1],
+        "cond_cls": train_data.cls[:1],
+    }
+    state, abstract_state = create_state(config, model, tx, example, mesh)
+    if jax.process_index() == 0:
+        parameter_overview.log_parameter_overview(state.params)
+    num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+
+    hp = StepConfig.from_config(config)
+    use_sim = hp.sim_loss_weight > 0
+    step_fn = functools.partial(
+        train_step,
+        model_apply=_model_apply(model),
+        encoder_apply=_encoder_apply(bundle) if use_sim else None,
+        logsnr_fn=generate.training_logsnr_fn(config),
+        tx=tx,
+        hp=hp,
+    )
+    state_shardings = jax.tree.map(lambda a: a.sharding, abstract_state)
+    batch_sharding = parallel.batch_sharding(mesh)
+    encoder_params = bundle.params if use_sim else {}
+    jit_step = jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, batch_sharding, parallel.replicated(mesh)),
+        out_shardings=(state_shardings, parallel.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    variation_fn = generate.make_variation_fn(config, model)
+    lr_fn = learning_rate_schedule(config.train)
+
+    ckpt = checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        keep=int(config.train.keep_checkpoints),
+    )
+    start_step = 0
+    if ckpt.latest_step() is not None:
+        state, data_state = ckpt.restore(ckpt.latest_step(), abstract_state)
+        pipe.restore(data_state)
+        start_step = int(jax.device_get(state.step))
+        logging.info("resumed from %s at step %d", ckpt.directory, start_step)
+    elif jax.process_index() == 0:
+        writer.write_hparams(
+            {k: v for k, v in _flat(config.to_dict()).items() if isinstance(v, int | float | str)}
+        )
+
+    num_steps = int(config.train.num_steps)
+    report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+    hooks = [report]
+    if config.train.profile and jax.process_index() == 0:
+        hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=workdir))
+    sample_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2**20)
+    summary: dict[str, Any] = {
+        "workdir": workdir,
+        "num_params": num_params,
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+        "start_step": start_step,
+        "pairs": {k: v for k, v in pair_report.items() if not isinstance(v, list | np.ndarray)},
+        "preempted": False,
+    }
+    last_metrics: dict[str, float] = {}
+    accum: list[dict[str, jax.Array]] = []
+    t_log = time.perf_counter()
+    step = start_step
+    with jax.set_mesh(mesh), _Preemption() as preemption, pipe:
+        while step < num_steps:
+            batch = parallel.global_batch(_model_inputs(next(pipe)), mesh)
+            state, metrics = jit_step(state, batch, encoder_params)
+            if not bool(jax.device_get(metrics["finite"])):
+                raise NonFiniteError(
+                    f"non-finite loss or gradient norm at step {step + 1} "
+                    f"(loss={float(metrics['loss'])}, grad_norm={float(metrics['grad_norm'])}); "
+                    "the run stopped and the broken state was not checkpointed. Lower "
+                    "config.train.learning_rate or enable config.train.grad_clip."
+                )
+            step += 1
+            accum.append(metrics)
+            for hook in hooks:
+                hook(step)
+            if step % config.train.log_every == 0 or step == num_steps:
+                scalars = _mean_scalars(accum)
+                elapsed = time.perf_counter() - t_log
+                scalars["images_per_sec"] = len(accum) * config.train.batch_size / elapsed
+                scalars["lr"] = float(lr_fn(step - 1))
+                writer.write_scalars(step, scalars)
+                last_metrics, accum, t_log = scalars, [], time.perf_counter()
+            if step % config.train.eval_every == 0 or step == num_steps:
+                summary["last_sample_grid"] = _write_samples(
+                    config, workdir, writer, step, variation_fn, state.ema_params, grid_cond,
+                    jax.random.fold_in(sample_rng, step),
+                )
+            preempted = parallel.any_process(preemption.requested)
+            if step % config.train.checkpoint_every == 0 or step == num_steps or preempted:
+                ckpt.save(step, state, pipe.state())
+            if preempted:
+                summary["preempted"] = True
+                logging.warning("preempted at step %d: checkpoint saved, exiting", step)
+                break
+    ckpt.wait_until_finished()
+    ckpt.close()
+    writer.flush()
+    summary.update(final_step=step, metrics=last_metrics)
+    if jax.process_index() == 0:
+        _write_json(os.path.join(workdir, "summary.json"), summary)
+    return state, summary
+
+
+def _model_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The part of a pipeline batch the train step consumes."""
+    return {
+        "target": batch["target"],
+        "cond_tokens": batch["cond_tokens"],
+        "cond_cls": batch["cond_cls"],
+    }
+
+
+def _mean_scalars(accum: list[dict[str, jax.Array]]) -> dict[str, float]:
+    host = [_host_scalars(m) for m in accum]
+    return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+    os.replace(tmp, path)

@@ -1,0 +1,179 @@
+"""The train state, the optimiser and the pure train step (jitted at the call site)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from semantica_jax.diffusion import losses, schedules
+
+# Edges of the logSNR buckets for the per-noise-level loss summaries.
+LOGSNR_BUCKET_EDGES = (-5.0, 0.0, 5.0)
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a run needs to continue bit-exactly (with the data pipeline position)."""
+
+    step: jax.Array  # int32 scalar
+    params: Any
+    ema_params: Any
+    opt_state: Any
+    rng: jax.Array  # uint32 [2] raw PRNG key; streams are folded from it per step
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Typed view of the config fields the train step reads."""
+
+    prediction: str
+    loss: str
+    p_uncond: float
+    ema_decay: float
+    sim_loss_weight: float
+    sim_loss_clip_x: bool
+
+    @classmethod
+    def from_config(cls, config) -> StepConfig:
+        return cls(
+            prediction=config.diffusion.prediction,
+            loss=config.diffusion.loss,
+            p_uncond=float(config.diffusion.p_uncond),
+            ema_decay=float(config.train.ema_decay),
+            sim_loss_weight=float(config.train.sim_loss_weight),
+            sim_loss_clip_x=bool(config.train.sim_loss_clip_x),
+        )
+
+
+def learning_rate_schedule(cfg_train) -> optax.Schedule:
+    """Linear warm-up to the peak learning rate, then constant (Semantica states no decay)."""
+    return optax.linear_schedule(
+        0.0, float(cfg_train.learning_rate), max(int(cfg_train.warmup_steps), 1)
+    )
+
+
+def make_optimizer(cfg_train) -> optax.GradientTransformation:
+    """Adam(b1, b2, eps) with warm-up and optional global-norm clipping."""
+    adam = optax.adam(
+        learning_rate_schedule(cfg_train),
+        b1=float(cfg_train.b1),
+        b2=float(cfg_train.b2),
+        eps=float(cfg_train.eps),
+    )
+    if float(cfg_train.grad_clip) > 0:
+        return optax.chain(optax.clip_by_global_norm(float(cfg_train.grad_clip)), adam)
+    return adam
+
+
+def _streams(rng: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
+    """One named RNG stream per purpose, folded from the state key and the step."""
+    key = jax.random.fold_in(rng, step)
+    names = ("time", "noise", "drop_cond", "dropout")
+    return {name: jax.random.fold_in(key, i) for i, name in enumerate(names)}
+
+
+def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Row-wise cosine similarity of [B, D] arrays -> [B]."""
+    a = a / jnp.sqrt(jnp.sum(a * a, -1, keepdims=True) + 1e-12)
+    b = b / jnp.sqrt(jnp.sum(b * b, -1, keepdims=True) + 1e-12)
+    return jnp.sum(a * b, -1)
+
+
+def _bucket_metrics(per_example: jax.Array, logsnr: jax.Array) -> dict[str, jax.Array]:
+    """Mean loss within each logSNR bucket (NaN-free: empty buckets report 0 with count 0)."""
+    edges = (-jnp.inf, *LOGSNR_BUCKET_EDGES, jnp.inf)
+    out = {}
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        mask = (logsnr >= lo) & (logsnr < hi)
+        count = jnp.sum(mask)
+        name = f"loss_logsnr/{lo:g}_to_{hi:g}"
+        out[name] = jnp.sum(jnp.where(mask, per_example, 0.0)) / jnp.maximum(count, 1)
+    return out
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    encoder_params: Any,
+    *,
+    model_apply: Callable[..., jax.Array],
+    encoder_apply: Callable[[Any, jax.Array], jax.Array] | None,
+    logsnr_fn: Callable[[jax.Array], jax.Array],
+    tx: optax.GradientTransformation,
+    hp: StepConfig,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimisation step.
+
+    Args:
+      state: the current train state.
+      batch: global arrays `target [B,H,W,C]` in [-1,1], `cond_tokens [B,T,D]`,
+        `cond_cls [B,D]`.
+      encoder_params: frozen encoder parameters (similarity loss only; else unused).
+      model_apply: `(params, z_t, logsnr, cond_tokens, cond_cls, drop_cond, dropout_rng)
+        -> output [B,H,W,C]` in the `hp.prediction` parametrisation.
+      encoder_apply: `(encoder_params, images [B,H,W,C]) -> features [B,F]`, frozen.
+      logsnr_fn: the training schedule, t [B] -> logSNR [B].
+      tx: the optimiser.
+      hp: step hyper-parameters.
+
+    Returns:
+      The new state (unchanged if the loss or gradient norm is non-finite, so a broken state
+      is never carried on or checkpointed) and scalar metrics, including `finite`.
+    """
+    x = batch["target"]
+    bsz = x.shape[0]
+    rngs = _streams(state.rng, state.step)
+    t = jax.random.uniform(rngs["time"], (bsz,))
+    logsnr = logsnr_fn(t)
+    alpha, sigma = schedules.alpha_sigma(logsnr)
+    eps = jax.random.normal(rngs["noise"], x.shape, x.dtype)
+    z_t = alpha[:, None, None, None] * x + sigma[:, None, None, None] * eps
+    drop_cond = jax.random.bernoulli(rngs["drop_cond"], hp.p_uncond, (bsz,))
+    use_sim = hp.sim_loss_weight > 0 and encoder_apply is not None
+
+    def loss_fn(params):
+        output = model_apply(
+            params, z_t, logsnr, batch["cond_tokens"], batch["cond_cls"], drop_cond, rngs["dropout"]
+        )
+        per_example = losses.diffusion_loss(output, x, eps, logsnr, hp.prediction, hp.loss)
+        total = jnp.mean(per_example)
+        aux = {"diffusion_loss": total, "per_example": per_example}
+        if use_sim:
+            x_pred = losses.predictions(output, z_t, logsnr, hp.prediction)[0]
+            if hp.sim_loss_clip_x:
+                x_pred = jnp.clip(x_pred, -1.0, 1.0)
+            feats_clean = jax.lax.stop_gradient(encoder_apply(encoder_params, x))
+            sim = 1.0 - _cosine(feats_clean, encoder_apply(encoder_params, x_pred))
+            aux["sim_loss"] = jnp.mean(sim)
+            total = total + hp.sim_loss_weight * aux["sim_loss"]
+        return total, aux
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # Warm-up of the EMA decay so short runs are not dominated by the initial weights.
+    decay = jnp.minimum(hp.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+    new_state = state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
+
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+    metrics = {
+        "loss": loss,
+        "diffusion_loss": aux["diffusion_loss"],
+        "grad_norm": grad_norm,
+        "param_norm": optax.global_norm(params),
+        "ema_decay": decay,
+        "finite": finite,
+        **_bucket_metrics(aux["per_example"], logsnr),
+    }
+    if use_sim:
+        metrics["sim_loss"] = aux["sim_loss"]
+    return new_state, metrics
