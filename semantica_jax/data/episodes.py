@@ -374,9 +374,7 @@ def pair_similarity(cls: np.ndarray, pairs: np.ndarray, chunk: int = 65536) -> n
     return sims
 
 
-def resolve_thresholds(
-    sims: np.ndarray, low: float, high: float, mode: str
-) -> tuple[float, float]:
+def resolve_thresholds(sims: np.ndarray, low: float, high: float, mode: str) -> tuple[float, float]:
     """Thresholds in cosine units: as given (absolute) or the low/high quantiles of `sims`."""
     if mode == "absolute":
         return float(low), float(high)
@@ -448,8 +446,8 @@ def build_pairs(
 ) -> tuple[np.ndarray, dict]:
     """Episode pairs kept by the CLS-cosine filter, and a report of what was dropped.
 
-    For the similarity histogram of all candidates (`save_similarity_report`), recompute
-    them deterministically: `pair_similarity(cls, candidate_pairs(...)[0])`.
+    The histogram of all candidates: `save_similarity_report(report["similarities"],
+    report["low_cosine"], report["high_cosine"], report, png_path, json_path)`.
 
     Args:
       cls: CLS embeddings [N,D] of the frozen encoder.
@@ -459,9 +457,11 @@ def build_pairs(
 
     Returns:
       (pairs int32 [P,2] as (cond_index, target_index), report dict of plain Python values:
-       counts kept / dropped below low / above high, thresholds in cosine units (`low`,
-       `high`; None when not filtering), label-mismatch fractions before/after, and for
-       pages the off-topic pair fractions before/after).
+       counts kept / dropped below low / above high, thresholds in cosine units
+       (`low_cosine`, `high_cosine`; None when not filtering), label-mismatch fractions
+       before/after, for pages the off-topic pair fractions before/after, and
+       `similarities` float32 [P0]: the cosine of every candidate pair (a numpy array,
+       the one entry that is not a plain Python value)).
     """
     cfg = EpisodeConfig.from_config(cfg_episodes)
     cls, labels = np.asarray(cls), np.asarray(labels)
@@ -486,8 +486,8 @@ def build_pairs(
         "filter_mode": cfg.filter_mode,
         "low_param": cfg.low,
         "high_param": cfg.high,
-        "low": low,
-        "high": high,
+        "low_cosine": low,
+        "high_cosine": high,
         "num_kept": int(keep.sum()),
         "num_dropped_low": int(np.sum(sims <= low)) if filtering else 0,
         "num_dropped_high": int(np.sum(sims >= high)) if filtering else 0,
@@ -500,6 +500,8 @@ def build_pairs(
     if offtopic is not None:
         report["offtopic_pair_fraction_before"] = _fraction(offtopic)
         report["offtopic_pair_fraction_after"] = _fraction(offtopic[keep])
+    # Not JSON: kept for the histogram (save_similarity_report writes its counts instead).
+    report["similarities"] = sims
     if report["num_kept"] == 0:
         raise ValueError(
             f"no pair survived filtering ({low} < cos < {high}, mode {cfg.filter_mode}): widen "
@@ -533,7 +535,8 @@ def save_similarity_report(
     Args:
       sims: cosine similarities of all candidate pairs [P0].
       low, high: thresholds in cosine units (None: not drawn).
-      report: the dict from `build_pairs`; written with the histogram counts added.
+      report: the dict from `build_pairs`; its plain values are written, numpy arrays
+        (the similarities) are replaced by the histogram counts.
       png_path: destination of the histogram (PNG).
       json_path: destination of the numbers (JSON).
       bins: histogram bins over [-1, 1].
@@ -560,9 +563,9 @@ def save_similarity_report(
     _atomic_write(png_path, lambda f: fig.savefig(f, format="png"), binary=True)
 
     numbers = {
-        **report,
-        "low": low,
-        "high": high,
+        **{k: v for k, v in report.items() if not isinstance(v, np.ndarray)},
+        "low_cosine": low,
+        "high_cosine": high,
         "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
     }
     _atomic_write(json_path, lambda f: json.dump(numbers, f, indent=2, sort_keys=True))

@@ -49,9 +49,16 @@ def batch_pair_ids(
       epoch, step: position; 0 <= step < steps_per_epoch.
       process_index, process_count: this process's slice of the global batch.
     """
-    global_batch = batch_size * process_count
-    start = step * global_batch + process_index * batch_size
-    return epoch_permutation(num_pairs, seed, epoch)[start : start + batch_size]
+    permutation = epoch_permutation(num_pairs, seed, epoch)
+    return process_slice(permutation, batch_size, step, process_index, process_count)
+
+
+def process_slice(
+    permutation: np.ndarray, batch_size: int, step: int, process_index: int, process_count: int
+) -> np.ndarray:
+    """Rows [p*B, (p+1)*B) of global batch `step` of an epoch's permutation: [B]."""
+    start = (step * process_count + process_index) * batch_size
+    return permutation[start : start + batch_size]
 
 
 def to_unit_range(images: np.ndarray) -> np.ndarray:
@@ -101,8 +108,15 @@ class _BatchMaker:
     """Holds the arrays and the current epoch's permutation; shared with the worker thread
     (which must not hold the Pipeline itself, or the Pipeline could never be collected)."""
 
-    def __init__(self, arrays: tuple, batch_size: int, seed: int, process_index: int,
-                 process_count: int, steps: int) -> None:
+    def __init__(
+        self,
+        arrays: tuple,
+        batch_size: int,
+        seed: int,
+        process_index: int,
+        process_count: int,
+        steps: int,
+    ) -> None:
         self.arrays = arrays
         self.batch_size = batch_size
         self.seed = seed
@@ -117,9 +131,10 @@ class _BatchMaker:
         if cached is None or cached[0] != epoch:
             cached = (epoch, epoch_permutation(self.arrays[4].shape[0], self.seed, epoch))
             self._cached = cached
-        global_batch = self.batch_size * self.process_count
-        start = step * global_batch + self.process_index * self.batch_size
-        return gather_batch(*self.arrays, cached[1][start : start + self.batch_size])
+        ids = process_slice(
+            cached[1], self.batch_size, step, self.process_index, self.process_count
+        )
+        return gather_batch(*self.arrays, ids)
 
     def advance(self, position: tuple[int, int]) -> tuple[int, int]:
         """The position after `position`."""
@@ -186,7 +201,6 @@ class Pipeline:
             )
         if prefetch < 0:
             raise ValueError(f"prefetch={prefetch} must be >= 0 (0 = no background thread)")
-        self._arrays = (images, tokens, cls, labels, np.asarray(pairs))
         self.batch_size = batch_size
         self.global_batch_size = batch_size * process_count
         self.seed = int(seed)
@@ -201,6 +215,14 @@ class Pipeline:
                 f"{self.global_batch_size} (= {batch_size} x {process_count} processes): "
                 "lower the batch size or keep more pairs (episodes.filter thresholds)"
             )
+        self._make_batch = _BatchMaker(
+            (images, tokens, cls, labels, np.asarray(pairs)),
+            batch_size,
+            self.seed,
+            process_index,
+            process_count,
+            self.steps_per_epoch,
+        )
         self._position = (0, 0)  # (epoch, step) of the next batch the consumer takes
         self._thread: threading.Thread | None = None
         self._queue: queue.Queue | None = None
@@ -246,20 +268,9 @@ class Pipeline:
 
     def batch_at(self, epoch: int, step: int) -> dict[str, np.ndarray]:
         """This process's batch at (epoch, step), computed synchronously."""
-        ids = batch_pair_ids(
-            self.num_pairs,
-            self.batch_size,
-            self.seed,
-            epoch,
-            step,
-            self.process_index,
-            self.process_count,
-        )
-        return gather_batch(*self._arrays, ids)
-
-    def _advance(self, position: tuple[int, int]) -> tuple[int, int]:
-        epoch, step = position
-        return (epoch, step + 1) if step + 1 < self.steps_per_epoch else (epoch + 1, 0)
+        if epoch < 0 or not 0 <= step < self.steps_per_epoch:
+            raise ValueError(f"epoch={epoch}, step={step} out of range ({self.steps_per_epoch})")
+        return self._make_batch((epoch, step))
 
     # --- iteration -----------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
@@ -275,42 +286,34 @@ class Pipeline:
         else:
             if self._thread is None:
                 self._start_worker()
-            position, batch, error = self._queue.get()
+            position, batch, error = self._take()
             if error is not None:
                 self._failed = error
                 self._stop_worker()
                 raise error
             assert position == self._position, (position, self._position)
-        self._position = self._advance(self._position)
+        self._position = self._make_batch.advance(self._position)
         return batch
+
+    def _take(self) -> tuple:
+        """Next (position, batch, error) from the worker; never blocks on a dead worker."""
+        while True:
+            try:
+                return self._queue.get(timeout=_POLL_S)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    return self._position, None, RuntimeError("the pipeline worker died")
 
     def _start_worker(self) -> None:
         self._stop = threading.Event()
         self._queue = queue.Queue(maxsize=self.prefetch)
         self._thread = threading.Thread(
-            target=self._produce,
-            args=(self._position, self._queue, self._stop),
+            target=_produce,
+            args=(self._make_batch, self._position, self._queue, self._stop),
             name="semantica-pipeline",
             daemon=True,  # never keeps a crashed training process alive
         )
         self._thread.start()
-
-    def _produce(self, position: tuple[int, int], out: queue.Queue, stop: threading.Event) -> None:
-        """Worker loop: puts (position, batch, None) in order, or (position, None, error)."""
-        while not stop.is_set():
-            try:
-                item = (position, self.batch_at(*position), None)
-            except BaseException as error:  # handed to the consumer, which re-raises it
-                item = (position, None, error)
-            while not stop.is_set():
-                try:
-                    out.put(item, timeout=_POLL_S)
-                    break
-                except queue.Full:
-                    continue
-            if item[2] is not None:
-                return
-            position = self._advance(position)
 
     def _stop_worker(self) -> None:
         """Stops the worker thread and discards what it prepared."""
@@ -332,9 +335,10 @@ class Pipeline:
         self.close()
 
     def __del__(self) -> None:
-        # Best effort only: a worker left running would pin the arrays in memory.
-        if getattr(self, "_thread", None) is not None:
-            self._stop.set()
+        # A pipeline dropped without close(): let its worker end instead of pinning the arrays.
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
 
 
 def _check_inputs(

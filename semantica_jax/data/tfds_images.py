@@ -53,7 +53,8 @@ def import_tfds() -> ModuleType:
         # declares it only for Python < 3.9 (tensorflow/datasets#11212); preparing any
         # dataset then fails with ModuleNotFoundError. On 3.9+ the backport's API is the
         # standard library's `importlib.resources`, so alias it when the backport is absent.
-        sys.modules.setdefault("importlib_resources", importlib.import_module("importlib.resources"))
+        stdlib_resources = importlib.import_module("importlib.resources")
+        sys.modules.setdefault("importlib_resources", stdlib_resources)
     return importlib.import_module("tensorflow_datasets")
 
 
@@ -74,7 +75,11 @@ def resize_center_crop(image, image_size: int, channels: int):
         raise ValueError(f"image_size must be positive, got {image_size}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
-    tf = import_tf()
+    return _resize_center_crop(import_tf(), image, image_size, channels)
+
+
+def _resize_center_crop(tf: ModuleType, image, image_size: int, channels: int):
+    """`resize_center_crop` with TF passed in: traceable inside tf.data without imports."""
     image = tf.convert_to_tensor(image)
     if image.shape.rank != 3:
         raise ValueError(f"expected one image [H, W, C], got shape {image.shape}")
@@ -201,10 +206,12 @@ def load_tfds_images(
     total = builder.info.splits[split].num_examples
     ds = builder.as_dataset(split=split, shuffle_files=False)
 
+    # Plain TF ops with Python-static branches: AutoGraph has nothing to convert.
+    @tf.autograph.experimental.do_not_convert
     def to_pair(example):
         image = example["image"]
         if needs_resize:
-            image = resize_center_crop(image, image_size, channels)
+            image = _resize_center_crop(tf, image, image_size, channels)
         label = tf.cast(example["label"], tf.int32) if has_label else tf.constant(-1, tf.int32)
         return image, label
 

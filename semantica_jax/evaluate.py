@@ -1,0 +1,233 @@
+"""`main --mode=eval`: quality and diversity of the latest checkpoint's EMA model.
+
+Writes WORKDIR/eval/metrics.json, WORKDIR/eval/guidance_sweep.{json,png} and TensorBoard
+scalars. Every figure carries its N. Metrics (METHODS §5):
+  * full set: each of the N real test images conditions one sample (K = N);
+  * K-shot (K in config.eval.kshot; K = 10 is one-shot, one image per class): N/K samples
+    of each of K conditioning images;
+  * alignment (cosine conditioning vs samples, in encoder and in feature-net space),
+    diversity (mean pairwise feature distance among samples of one conditioning image);
+  * the real-data floor: the same FID/P/R between two disjoint real sets of size N.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from clu import metric_writers
+
+from semantica_jax import checkpointing, datasets, encoder, generate, parallel
+from semantica_jax.metrics import features, fewshot, variation
+
+
+class Generator:
+    """Batched, jitted, device-sharded sampling of variations with progress and ETA."""
+
+    def __init__(self, config, params, data: datasets.EmbeddedSplit, mesh):
+        self.config, self.data, self.mesh = config, data, mesh
+        self.params = jax.device_put(params, parallel.replicated(mesh))
+        self.fn = generate.make_variation_fn(config)
+        self.batch_size = parallel.check_batch_size(int(config.eval.batch_size), mesh, "eval.batch_size")
+
+    def __call__(self, cond_indices: np.ndarray, guidance: float, rng: jax.Array) -> np.ndarray:
+        """Samples one variation per entry of `cond_indices` -> float32 [M,H,W,C] in [-1,1]."""
+        cond_indices = np.asarray(cond_indices)
+        total, bs = len(cond_indices), self.batch_size
+        out, start = [], time.perf_counter()
+        sharding = parallel.batch_sharding(self.mesh)
+        for b, lo in enumerate(range(0, total, bs)):
+            idx = cond_indices[lo : lo + bs]
+            pad = bs - len(idx)  # the last batch is padded to keep one compiled shape
+            idx_full = np.concatenate([idx, np.repeat(idx[-1:], pad)]) if pad else idx
+            tokens = jax.device_put(np.asarray(self.data.tokens[idx_full], np.float32), sharding)
+            cls = jax.device_put(np.asarray(self.data.cls[idx_full], np.float32), sharding)
+            x = self.fn(self.params, tokens, cls, jax.random.fold_in(rng, b), jnp.float32(guidance))
+            out.append(np.asarray(jax.device_get(x))[: len(idx)])
+            done = lo + len(idx)
+            rate = done / (time.perf_counter() - start)
+            logging.info(
+                "sampling w=%.2f: %d/%d images, %.1f images/s, ETA %.0f s",
+                guidance, done, total, rate, (total - done) / rate,
+            )
+        return np.concatenate(out)
+
+
+def _eval_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """N test indices, drawn once from a seed (sorted for readability)."""
+    if n > len(labels):
+        raise ValueError(f"config.eval.num_images={n} exceeds the {len(labels)} test images")
+    return np.sort(np.random.default_rng(seed).choice(len(labels), n, replace=False))
+
+
+def _protocol(
+    gen: Generator,
+    real_feats: np.ndarray,
+    subset: np.ndarray,
+    labels: np.ndarray,
+    k: int,
+    guidance: float,
+    rng: jax.Array,
+    feature_fn,
+    seed: int,
+    pr_k: int,
+) -> tuple[dict[str, float], np.ndarray, np.ndarray, np.ndarray]:
+    """One K-shot evaluation; returns (metrics, cond positions in subset, samples, feats)."""
+    n = len(subset)
+    per = fewshot.samples_per_conditioning(n, k)
+    cond_pos = np.arange(n) if k == n else fewshot.select_conditioning(labels, k, seed)
+    samples = gen(subset[np.repeat(cond_pos, per)], guidance, rng)
+    feats = fewshot.batched_features(feature_fn, samples)
+    m = fewshot.kshot_metrics(real_feats, feats, pr_k=pr_k)
+    m.update(k=int(k), num_per_cond=int(per), num_images=int(n), guidance=float(guidance))
+    return m, cond_pos, samples, feats
+
+
+def evaluate(config, workdir: str) -> dict[str, Any]:
+    """Evaluates WORKDIR's latest checkpoint (EMA params); returns the metrics dict."""
+    t0 = time.perf_counter()
+    mesh = parallel.make_mesh(config.mesh.fsdp)
+    params, step = checkpointing.restore_ema_params(workdir)
+    bundle = datasets.load_encoder(config)
+    test = datasets.load_embedded_split(config, bundle, config.data.eval_split)
+    feat_bundle = features.load_or_train_feature_net(config)
+    feature_fn = features.feature_fn(feat_bundle)
+
+    n = int(config.eval.num_images)
+    subset = _eval_subset(test.labels, n, config.seed)
+    labels = test.labels[subset]
+    real = generate.to_model_range(test.images[subset])
+    real_feats = fewshot.batched_features(feature_fn, real)
+    rest = np.setdiff1d(np.arange(len(test.labels)), subset)
+    floor_n = min(n, len(rest))
+    floor = variation.real_floor(
+        real_feats,
+        floor_n,
+        config.seed,
+        other=fewshot.batched_features(feature_fn, generate.to_model_range(test.images[rest])),
+        pr_k=int(config.eval.pr_k),
+    )
+
+    gen = Generator(config, params, test, mesh)
+    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 7)
+    w = float(config.sampler.guidance)
+    results: dict[str, Any] = {
+        "step": int(step),
+        "num_images": n,
+        "sampler": dict(config.sampler),
+        "feature_net_test_accuracy": feat_bundle.test_accuracy,
+        "real_floor": floor,
+    }
+    full, _, _, _ = _protocol(
+        gen, real_feats, subset, labels, n, w, rng, feature_fn, config.seed, config.eval.pr_k
+    )
+    results["full_set"] = full
+    for k in config.eval.kshot:
+        m, cond_pos, samples, feats = _protocol(
+            gen, real_feats, subset, labels, int(k), w, jax.random.fold_in(rng, k),
+            feature_fn, config.seed, config.eval.pr_k,
+        )
+        per = m["num_per_cond"]
+        cond_feats = real_feats[cond_pos]
+        cond_cls = test.cls[subset[cond_pos]]
+        sample_cls = np.asarray(encoder.encode(bundle, samples)[1])
+        m["alignment_encoder"] = variation.alignment(cond_cls, sample_cls.reshape(len(cond_pos), per, -1))
+        m["alignment_features"] = variation.alignment(cond_feats, feats.reshape(len(cond_pos), per, -1))
+        m["diversity"] = variation.diversity(feats.reshape(len(cond_pos), per, -1))
+        m["class_consistency"] = float(
+            np.mean(features.classify(feat_bundle, samples) == np.repeat(labels[cond_pos], per))
+        )
+        results[f"{k}_shot"] = m
+    results["guidance_sweep"] = guidance_sweep(
+        config, gen, real_feats, subset, labels, feature_fn, rng
+    )
+    results["eval_seconds"] = time.perf_counter() - t0
+    _write_outputs(config, workdir, step, results)
+    return results
+
+
+def guidance_sweep(config, gen, real_feats, subset, labels, feature_fn, rng) -> list[dict]:
+    """FID/P/R (full set) and one-shot recall for each w in config.eval.guidance_sweep."""
+    rows = []
+    num_classes = len(np.unique(labels))
+    for i, w in enumerate(config.eval.guidance_sweep):
+        r = jax.random.fold_in(rng, 1000 + i)
+        full, *_ = _protocol(
+            gen, real_feats, subset, labels, len(subset), float(w), r, feature_fn, config.seed,
+            config.eval.pr_k,
+        )
+        one, *_ = _protocol(
+            gen, real_feats, subset, labels, num_classes, float(w), jax.random.fold_in(r, 1),
+            feature_fn, config.seed, config.eval.pr_k,
+        )
+        rows.append(
+            {
+                "guidance": float(w),
+                "fid": full["fid"],
+                "precision": full["precision"],
+                "recall": full["recall"],
+                "one_shot_fid": one["fid"],
+                "one_shot_precision": one["precision"],
+                "one_shot_recall": one["recall"],
+                "num_images": len(subset),
+            }
+        )
+        logging.info("guidance sweep: %s", rows[-1])
+    return rows
+
+
+def _write_outputs(config, workdir: str, step: int, results: dict[str, Any]) -> None:
+    if jax.process_index() != 0:
+        return
+    out = os.path.join(workdir, "eval")
+    os.makedirs(out, exist_ok=True)
+    _atomic_json(os.path.join(out, "metrics.json"), results)
+    _atomic_json(os.path.join(out, "guidance_sweep.json"), results["guidance_sweep"])
+    plot_guidance_sweep(results["guidance_sweep"], os.path.join(out, "guidance_sweep.png"))
+    writer = metric_writers.create_default_writer(os.path.join(out, "tb"), asynchronous=False)
+    scalars = {f"eval/real_floor/{k}": v for k, v in results["real_floor"].items()}
+    for name in ["full_set"] + [f"{k}_shot" for k in config.eval.kshot]:
+        for k, v in results[name].items():
+            scalars[f"eval/{name}/{k}"] = v
+    writer.write_scalars(step, scalars)
+    writer.close()
+
+
+def plot_guidance_sweep(rows: list[dict], path: str) -> None:
+    """FID, precision, recall and one-shot recall against w, as a PNG (atomic)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ws = [r["guidance"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.plot(ws, [r["fid"] for r in rows], "o-", label="FID (full set)")
+    ax1.plot(ws, [r["one_shot_fid"] for r in rows], "s--", label="FID (one-shot)")
+    ax1.set_xlabel("guidance w")
+    ax1.set_ylabel("MNIST FID")
+    ax1.legend()
+    for key, style in (("precision", "o-"), ("recall", "s-"), ("one_shot_recall", "^--")):
+        ax2.plot(ws, [r[key] for r in rows], style, label=key.replace("_", " "))
+    ax2.set_xlabel("guidance w")
+    ax2.set_ylim(0, 1.02)
+    ax2.legend()
+    fig.suptitle(f"guidance sweep (N = {rows[0]['num_images']})")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _atomic_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=float)
+    os.replace(tmp, path)

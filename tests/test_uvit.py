@@ -1,0 +1,311 @@
+"""U-ViT decoder: shapes, zero init, conditioning paths, null condition, dropout, capture."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from clu import parameter_overview
+
+from configs import imagenet256, imagenet512, mnist
+from semantica_jax.models.uvit import UViT, UViTConfig, attention_features, example_inputs
+
+TOKENS, TOKEN_DIM = 5, 12  # tiny encoder: T context tokens of width D
+
+# 28² -> conv 28², 14² -> transformer 7²; both conditioning paths on.
+TINY = UViTConfig(
+    image_size=28,
+    image_channels=1,
+    channels=(4, 8),
+    blocks=(1, 1),
+    transformer_widths=(16,),
+    transformer_blocks=(2,),
+    transformer_conditioned=(True,),
+    heads=2,
+    mlp_ratio=2,
+    emb_dim=16,
+    cross_attention=True,
+    cls_film=True,
+    dropout=0.5,
+)
+# 32² -> conv 32² -> transformer stages at 16² (mirrored, unconditioned) and 8².
+TWO_STAGE = dataclasses.replace(
+    TINY,
+    image_size=32,
+    image_channels=3,
+    channels=(4,),
+    blocks=(1,),
+    transformer_widths=(8, 16),
+    transformer_blocks=(1, 1),
+    transformer_conditioned=(False, True),
+    cls_film=False,
+)
+# 28² with a 2x2 patchify stem -> conv 14² -> transformer 7².
+PATCH = dataclasses.replace(TINY, stem="patch", patch_size=2, channels=(8,), blocks=(1,))
+
+
+@functools.cache
+def _init(cfg: UViTConfig) -> dict:
+    inputs = example_inputs(cfg, 2, TOKENS, TOKEN_DIM)
+    init = jax.jit(lambda rng, *a: UViT(cfg).init(rng, *a, train=False))
+    return init(jax.random.key(0), *inputs)["params"]
+
+
+def _perturb(params: dict, seed: int = 1, scale: float = 0.3) -> dict:
+    """Adds noise to every parameter so that zero-initialised layers pass signal."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    noisy = [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
+    return jax.tree_util.tree_unflatten(treedef, noisy)
+
+
+@functools.cache
+def _apply_fn(cfg: UViTConfig, train: bool = False):
+    def fn(params, z_t, logsnr, tokens, cls, drop, rng):
+        rngs = {"dropout": rng} if train else {}
+        return UViT(cfg).apply(
+            {"params": params}, z_t, logsnr, tokens, cls, drop, train=train, rngs=rngs
+        )
+
+    return jax.jit(fn)
+
+
+def _inputs(cfg: UViTConfig, b: int, seed: int = 0) -> tuple:
+    k = jax.random.split(jax.random.key(seed), 4)
+    z_t = jax.random.normal(k[0], (b, cfg.image_size, cfg.image_size, cfg.image_channels))
+    logsnr = jax.random.uniform(k[1], (b,), minval=-10.0, maxval=10.0)
+    tokens = jax.random.normal(k[2], (b, TOKENS, TOKEN_DIM))
+    cls = jax.random.normal(k[3], (b, TOKEN_DIM))
+    return z_t, logsnr, tokens, cls, jnp.zeros((b,), bool)
+
+
+def _run(cfg, params, z_t, logsnr, tokens, cls, drop, *, train=False, seed=0) -> np.ndarray:
+    out = _apply_fn(cfg, train)(params, z_t, logsnr, tokens, cls, drop, jax.random.key(seed))
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("cfg", [TINY, TWO_STAGE, PATCH], ids=["28", "32_two_stage", "patch"])
+def test_shape_dtype_and_exact_zero_at_init(cfg):
+    params = _init(cfg)
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
+    out = _run(cfg, params, *_inputs(cfg, 3))
+    assert out.shape == (3, cfg.image_size, cfg.image_size, cfg.image_channels)
+    assert out.dtype == np.float32
+    assert np.all(out == 0.0)  # zero-initialised head
+    perturbed = _run(cfg, _perturb(params), *_inputs(cfg, 3))
+    assert np.all(np.isfinite(perturbed)) and np.abs(perturbed).mean() > 1e-2
+
+
+def test_depends_on_z_t_and_logsnr_and_rows_are_independent():
+    params = _perturb(_init(TINY))
+    z_t, logsnr, tokens, cls, drop = _inputs(TINY, 2)
+    base = _run(TINY, params, z_t, logsnr, tokens, cls, drop)
+    other_z = _run(TINY, params, z_t.at[1].multiply(-1.0), logsnr, tokens, cls, drop)
+    other_t = _run(TINY, params, z_t, logsnr.at[1].add(3.0), tokens, cls, drop)
+    for out in (other_z, other_t):
+        assert np.abs(out[1] - base[1]).max() > 1e-3  # row 1 changed with its input
+        np.testing.assert_allclose(out[0], base[0], rtol=1e-5, atol=1e-6)  # row 0 did not
+
+
+@pytest.mark.parametrize("cross_attention,cls_film", [(True, False), (False, True), (False, False)])
+def test_tokens_matter_iff_cross_attention_and_cls_iff_film(cross_attention, cls_film):
+    cfg = dataclasses.replace(TINY, cross_attention=cross_attention, cls_film=cls_film)
+    params = _perturb(_init(cfg))
+    z_t, logsnr, tokens, cls, drop = _inputs(cfg, 2)
+    base = _run(cfg, params, z_t, logsnr, tokens, cls, drop)
+    new_tokens = _run(cfg, params, z_t, logsnr, tokens[::-1], cls, drop)
+    new_cls = _run(cfg, params, z_t, logsnr, tokens, cls[::-1], drop)
+    assert (np.abs(new_tokens - base).max() > 1e-3) == cross_attention
+    assert (np.abs(new_cls - base).max() > 1e-3) == cls_film
+    if not cross_attention:
+        np.testing.assert_array_equal(new_tokens, base)
+    if not cls_film:
+        np.testing.assert_array_equal(new_cls, base)
+
+
+def test_dropped_examples_ignore_conditioning():
+    """Rows with drop_cond use the learned nulls: no trace of their tokens or CLS."""
+    params = _perturb(_init(TINY))
+    z_t, logsnr, tokens, cls, _ = _inputs(TINY, 4)
+    # Same noisy image and logSNR in every row; conditioning differs per row.
+    z_t = jnp.broadcast_to(z_t[:1], z_t.shape)
+    logsnr = jnp.full_like(logsnr, 1.5)
+    drop = jnp.array([True, True, False, False])
+    out = _run(TINY, params, z_t, logsnr, tokens, cls, drop)
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-5, atol=1e-6)
+    assert np.abs(out[2] - out[3]).max() > 1e-3  # kept conditions do matter
+    assert np.abs(out[0] - out[2]).max() > 1e-3  # and differ from the null condition
+    # Garbage (NaN) conditioning in dropped rows changes nothing and does not leak.
+    nan_tokens = tokens.at[:2].set(jnp.nan)
+    nan_cls = cls.at[:2].set(jnp.nan)
+    out_nan = _run(TINY, params, z_t, logsnr, nan_tokens, nan_cls, drop)
+    np.testing.assert_allclose(out_nan, out, rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_only_with_train():
+    params = _perturb(_init(TINY))
+    inputs = _inputs(TINY, 2)
+    eval_a = _run(TINY, params, *inputs, train=False, seed=0)
+    eval_b = _run(TINY, params, *inputs, train=False, seed=1)
+    np.testing.assert_array_equal(eval_a, eval_b)
+    train_a = _run(TINY, params, *inputs, train=True, seed=0)
+    train_b = _run(TINY, params, *inputs, train=True, seed=1)
+    np.testing.assert_array_equal(train_a, _run(TINY, params, *inputs, train=True, seed=0))
+    assert np.abs(train_a - train_b).max() > 1e-3
+    assert np.abs(train_a - eval_a).max() > 1e-3
+    # With rate 0 the train path is the eval path: dropout is the only difference.
+    no_drop = dataclasses.replace(TINY, dropout=0.0)
+    np.testing.assert_allclose(
+        _run(no_drop, params, *inputs, train=True), eval_a, rtol=1e-5, atol=1e-6
+    )
+
+
+def test_jit_matches_eager():
+    params = _perturb(_init(TINY))
+    inputs = _inputs(TINY, 2)
+    eager = UViT(TINY).apply({"params": params}, *inputs, train=False)
+    np.testing.assert_allclose(_run(TINY, params, *inputs), eager, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_compute_close_to_float32():
+    bf16 = dataclasses.replace(TINY, dtype="bfloat16")
+    params = _perturb(_init(TINY), scale=0.1)
+    inputs = _inputs(TINY, 2)
+    ref = _run(TINY, params, *inputs)
+    out = _run(bf16, params, *inputs)
+    assert out.dtype == np.float32
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(_init(bf16)))
+    rel = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+    assert 0.0 < rel < 0.05, rel  # bf16 really used (not identical) yet close
+
+
+def test_capture_attention_qkv():
+    cfg = TWO_STAGE
+    params = _perturb(_init(cfg))
+    z_t, logsnr, tokens, cls, drop = _inputs(cfg, 2)
+    z_t = jnp.broadcast_to(z_t[:1], z_t.shape)  # rows differ only by their tokens
+    logsnr = jnp.full_like(logsnr, 0.5)
+    out, state = UViT(cfg).apply(
+        {"params": params},
+        z_t,
+        logsnr,
+        tokens,
+        cls,
+        drop,
+        train=False,
+        capture_attention=True,
+        mutable=["intermediates"],
+    )
+    np.testing.assert_allclose(out, _run(cfg, params, z_t, logsnr, tokens, cls, drop), atol=1e-5)
+    feats = attention_features(state["intermediates"])
+    assert list(feats) == [
+        "transformer_0_down/block_0",
+        "transformer_1/block_0",
+        "transformer_0_up/block_0",
+    ]
+    tokens_per_stage = {
+        "transformer_0_down": 16 * 16,
+        "transformer_1": 8 * 8,
+        "transformer_0_up": 16 * 16,
+    }
+    for name, qkv in feats.items():
+        stage = name.split("/")[0]
+        width = 8 if stage.startswith("transformer_0") else 16
+        for a in qkv:
+            assert a.shape == (2, cfg.heads, tokens_per_stage[stage], width // cfg.heads)
+    # Only blocks after the (only) conditioned stage's cross-attention see the tokens.
+    for name, same in [
+        ("transformer_0_down/block_0", True),
+        ("transformer_1/block_0", True),  # its self-attention precedes its cross-attention
+        ("transformer_0_up/block_0", False),
+    ]:
+        q = np.asarray(feats[name][0])
+        assert np.allclose(q[0], q[1], atol=1e-5) == same, name
+    # Q and K are projections of the same normalised input with this block's weights:
+    # K = (Q - b_q) W_q^{-1} W_k + b_k (W_q is square: width -> heads x head_dim).
+    sa = params["transformer_1"]["block_0"]["self_attention"]
+    w = 16
+    wq, bq = sa["query"]["kernel"].reshape(w, w), sa["query"]["bias"].reshape(w)
+    wk, bk = sa["key"]["kernel"].reshape(w, w), sa["key"]["bias"].reshape(w)
+    q, k, _ = feats["transformer_1/block_0"]
+    q_flat = np.asarray(q).transpose(0, 2, 1, 3).reshape(2, -1, w).astype(np.float64)
+    x_norm = np.linalg.solve(np.asarray(wq, np.float64).T, (q_flat - bq).reshape(-1, w).T).T
+    k_rec = (x_norm @ np.asarray(wk, np.float64) + bk).reshape(2, -1, cfg.heads, w // cfg.heads)
+    np.testing.assert_allclose(k_rec.transpose(0, 2, 1, 3), k, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        (dict(image_size=30, channels=(4, 8)), "cannot be downsampled by 2"),
+        (dict(channels=(4, 8, 8), blocks=(1, 1, 1)), r"7x7, which cannot be downsampled"),
+        (dict(stem="patch", patch_size=3), "not divisible by model.patch_size=3"),
+        (dict(patch_size=2), "only applies to stem='patch'"),
+        (dict(stem="wavelet"), "model.stem='wavelet'"),
+        (dict(blocks=(1,)), "equal length"),
+        (dict(transformer_conditioned=(True, False)), "one entry per transformer stage"),
+        (dict(heads=3), "not divisible by model.heads=3"),
+        (dict(transformer_conditioned=(False,)), "no stage is marked"),
+        (dict(dtype="float16"), "model.dtype='float16'"),
+        (dict(dropout=1.0), "model.dropout"),
+    ],
+)
+def test_config_validation(changes, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(TINY, **changes)
+
+
+def test_call_validates_inputs():
+    params = _init(TINY)
+    z_t, logsnr, tokens, cls, drop = _inputs(TINY, 2)
+    model = UViT(TINY)
+    with pytest.raises(ValueError, match="z_t must be"):
+        model.apply({"params": params}, z_t[:, :14], logsnr, tokens, cls, drop, train=False)
+    with pytest.raises(ValueError, match="cond_tokens must be"):
+        model.apply({"params": params}, z_t, logsnr, None, cls, drop, train=False)
+    with pytest.raises(ValueError, match="cond_cls must be"):
+        model.apply({"params": params}, z_t, logsnr, tokens, None, drop, train=False)
+
+
+def test_from_config_reads_mnist_model_section():
+    cfg = UViTConfig.from_config(mnist.get_config().model, 28, 1)
+    assert cfg.channels == (32, 64) and cfg.transformer_widths == (128,)
+    assert cfg.conv_resolutions == (28, 14) and cfg.transformer_resolutions == (7,)
+    film = UViTConfig.from_config(mnist.get_config("film").model, 28, 1)
+    assert not film.cross_attention and film.cls_film
+    with pytest.raises(ValueError, match="cannot be downsampled"):
+        UViTConfig.from_config(mnist.get_config().model, 30, 1)
+
+
+def _param_count(config) -> tuple[UViTConfig, int]:
+    cfg = UViTConfig.from_config(config.model, config.data.image_size, config.data.channels)
+    inputs = example_inputs(cfg, 1, config.encoder.num_tokens, config.encoder.width)
+    shapes = jax.eval_shape(lambda *a: UViT(cfg).init(jax.random.key(0), *a, train=False), *inputs)
+    return cfg, parameter_overview.count_parameters(shapes["params"])
+
+
+def test_imagenet256_paper_sizes():
+    config = imagenet256.get_config()
+    assert (config.data.dataset, config.data.image_size, config.data.channels) == (
+        "imagenet2012",
+        256,
+        3,
+    )
+    assert config.diffusion.noise_resolution == 32 and config.train.batch_size == 2048
+    assert config.train.learning_rate == 2e-4 and config.train.ema_decay == 0.9999
+    cfg, count = _param_count(config)
+    assert cfg.conv_resolutions == (256, 128, 64) and cfg.transformer_resolutions == (32, 16)
+    assert cfg.transformer_widths == (512, 1024) and cfg.transformer_blocks == (3, 16)
+    assert 3.0e8 < count < 4.5e8, count  # 363,567,107 with 257-token DINOv2-B/14 context
+
+
+def test_imagenet512_paper_sizes():
+    config = imagenet512.get_config()
+    assert config.data.image_size == 512 and config.model.stem == "patch"
+    cfg, count = _param_count(config)
+    assert cfg.conv_resolutions == (256, 128, 64) and cfg.transformer_resolutions == (32, 16)
+    assert cfg.channels + cfg.transformer_widths == (128, 256, 1024, 2048, 4096)
+    assert cfg.blocks + cfg.transformer_blocks == (2, 3, 3, 3, 12)
+    assert 3.5e9 < count < 4.7e9, count
