@@ -161,15 +161,18 @@ class Checkpointer:
         self.close()
 
 
-def restore_ema_params(workdir_or_checkpoints: str | os.PathLike, step: int | None = None) -> Any:
-    """Restores only the EMA parameters of a training checkpoint (for sampling/evaluation).
+def restore_params(
+    workdir_or_checkpoints: str | os.PathLike, step: int | None = None, item: str = "ema_params"
+) -> tuple[Any, int]:
+    """Restores one subtree of a training checkpoint alone (EMA params for sampling/eval).
 
     Args:
       workdir_or_checkpoints: a training workdir or its `checkpoints/` directory.
       step: which step; None = the latest.
+      item: which TrainState field: 'ema_params' (default) or 'params'.
 
     Returns:
-      (ema_params, step) with ema_params as host-local jax arrays.
+      (tree, step) with the tree's leaves as jax arrays on the first local device.
     """
     root = _abspath(workdir_or_checkpoints)
     if os.path.isdir(os.path.join(root, "checkpoints")):
@@ -183,11 +186,11 @@ def restore_ema_params(workdir_or_checkpoints: str | os.PathLike, step: int | No
     path = os.path.join(root, str(step), _STATE)
     checkpointer = ocp.PyTreeCheckpointer()
     try:
-        meta = checkpointer.metadata(path).item_metadata.tree["ema_params"]
+        meta = checkpointer.metadata(path).item_metadata.tree[item]
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = {"ema_params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta)}
+        target = {item: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta)}
         restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
-        # Partial restore: only the EMA subtree is read from disk.
+        # Partial restore: only the requested subtree is read from disk.
         restored = checkpointer.restore(
             path,
             args=ocp.args.PyTreeRestore(
@@ -196,4 +199,4 @@ def restore_ema_params(workdir_or_checkpoints: str | os.PathLike, step: int | No
         )
     finally:
         checkpointer.close()
-    return restored["ema_params"], step
+    return restored[item], step

@@ -93,7 +93,7 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
     """Evaluates WORKDIR's latest checkpoint (EMA params); returns the metrics dict."""
     t0 = time.perf_counter()
     mesh = parallel.make_mesh(config.mesh.fsdp)
-    params, step = checkpointing.restore_ema_params(workdir)
+    params, step = checkpointing.restore_params(workdir)
     bundle = datasets.load_encoder(config)
     test = datasets.load_embedded_split(config, bundle, config.data.eval_split)
     feat_bundle = features.load_or_train_feature_net(config)

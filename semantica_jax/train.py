@@ -35,13 +35,14 @@ def validate_config(config) -> None:
         "train.num_steps": config.train.num_steps,
         "train.log_every": config.train.log_every,
         "train.checkpoint_every": config.train.checkpoint_every,
-        "train.eval_every": config.train.eval_every,
         "sampler.num_steps": config.sampler.num_steps,
         "data.image_size": config.data.image_size,
     }
     for name, value in positive.items():
         if value <= 0:
             raise ValueError(f"config.{name}={value} must be positive")
+    if config.train.eval_every < 0:
+        raise ValueError(f"config.train.eval_every={config.train.eval_every} must be >= 0 (0: never)")
     if not 0.0 <= config.diffusion.p_uncond < 1.0:
         raise ValueError(f"config.diffusion.p_uncond={config.diffusion.p_uncond} must be in [0,1)")
     if not 0.0 <= config.train.ema_decay < 1.0:
@@ -291,7 +292,8 @@ def train_and_evaluate(config, workdir: str) -> tuple[TrainState, dict[str, Any]
                 scalars["lr"] = float(lr_fn(step - 1))
                 writer.write_scalars(step, scalars)
                 last_metrics, accum, t_log = scalars, [], time.perf_counter()
-            if step % config.train.eval_every == 0 or step == num_steps:
+            every = config.train.eval_every
+            if every and (step % every == 0 or step == num_steps):
                 summary["last_sample_grid"] = _write_samples(
                     config, workdir, writer, step, variation_fn, state.ema_params, grid_cond,
                     jax.random.fold_in(sample_rng, step),

@@ -101,8 +101,12 @@ def test_loss_weights_relative_to_x_space():
     x, eps, x_hat = _batch(2)
     x_mse = np.mean((np.asarray(x_hat) - np.asarray(x)) ** 2, axis=(1, 2, 3))
     snr = np.exp(np.asarray(LOGSNR, np.float64))
-    want = {"x": x_mse, "eps": snr * x_mse, "v": (1 + snr) * x_mse,
-            "snr_trunc": np.maximum(snr, 1) * x_mse}
+    want = {
+        "x": x_mse,
+        "eps": snr * x_mse,
+        "v": (1 + snr) * x_mse,
+        "snr_trunc": np.maximum(snr, 1) * x_mse,
+    }
     for loss, value in want.items():
         got = losses.diffusion_loss(x_hat, x, eps, LOGSNR, "x", loss)
         np.testing.assert_allclose(got, value, rtol=1e-5, err_msg=loss)

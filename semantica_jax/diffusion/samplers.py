@@ -44,14 +44,10 @@ ApplyFn = Callable[[Any, jax.Array, jax.Array, Any, jax.Array], jax.Array]
 def log1mexp(x: jax.Array) -> jax.Array:
     """log(1 - exp(-x)) for x > 0, accurate for small and large x (Maechler's switch)."""
     x = jnp.asarray(x)
-    return jnp.where(
-        x < jnp.log(2.0), jnp.log(-jnp.expm1(-x)), jnp.log1p(-jnp.exp(-x))
-    )
+    return jnp.where(x < jnp.log(2.0), jnp.log(-jnp.expm1(-x)), jnp.log1p(-jnp.exp(-x)))
 
 
-def posterior_mean_coefs(
-    logsnr_t: jax.Array, logsnr_s: jax.Array
-) -> tuple[jax.Array, jax.Array]:
+def posterior_mean_coefs(logsnr_t: jax.Array, logsnr_s: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Coefficients (on z_t, on x) of the posterior mean of q(z_s | z_t, x), METHODS §2.2.
 
     mean = alpha_s ((1 - c) / alpha_t) z_t + alpha_s c x, with c = 1 - exp(l_t - l_s).
@@ -91,9 +87,7 @@ def ddpm_step(
     return coef_z * z_t + coef_x * x_pred + std * noise
 
 
-def ddim_step(
-    x_pred: jax.Array, eps_pred: jax.Array, logsnr_s: jax.Array
-) -> jax.Array:
+def ddim_step(x_pred: jax.Array, eps_pred: jax.Array, logsnr_s: jax.Array) -> jax.Array:
     """One deterministic DDIM step: z_s = alpha_s x_hat + sigma_s eps_hat (METHODS §2.5)."""
     alpha_s, sigma_s = alpha_sigma(logsnr_s)
     return alpha_s * x_pred + sigma_s * eps_pred

@@ -179,8 +179,7 @@ def ddpm_linear_log_alpha_bar(
         raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
     if not 0.0 < beta_start <= beta_end < 1.0:
         raise ValueError(
-            f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, "
-            f"beta_end={beta_end}"
+            f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}"
         )
     betas = np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
     return np.cumsum(np.log1p(-betas))
@@ -385,9 +384,7 @@ def logsnr_fn(cfg_diffusion: ml_collections.ConfigDict, image_size: int) -> Sche
             beta_end=float(cfg_diffusion.beta_end),
             logsnr_max=float(cfg_diffusion.logsnr_max),
         )
-    raise ValueError(
-        f"unknown diffusion.schedule {kind!r}; choose one of {', '.join(SCHEDULES)}"
-    )
+    raise ValueError(f"unknown diffusion.schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
 
 
 def t_from_logsnr(schedule: Callable, logsnr: jax.Array) -> jax.Array:

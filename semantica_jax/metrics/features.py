@@ -322,9 +322,7 @@ def feature_fn(
       fn(images [B,H,W,C] float in [-1,1] (or uint8)) -> float32 numpy [B,F].
     """
     apply = make_apply(bundle)
-    return lambda images: _batched_apply(
-        lambda x: apply(x)[1], _as_model_input(images), batch_size
-    )
+    return lambda images: _batched_apply(lambda x: apply(x)[1], _as_model_input(images), batch_size)
 
 
 def classify(bundle: FeatureNetBundle, images: np.ndarray, batch_size: int = 500) -> np.ndarray:

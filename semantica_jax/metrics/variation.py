@@ -44,9 +44,7 @@ def alignment(cond_emb: np.ndarray, sample_emb: np.ndarray, eps: float = 1e-12) 
             f"{(sample_emb.shape[0], sample_emb.shape[2])} to match sample_emb {sample_emb.shape}."
         )
     cond_unit = cond_emb / np.maximum(np.linalg.norm(cond_emb, axis=-1, keepdims=True), eps)
-    sample_unit = sample_emb / np.maximum(
-        np.linalg.norm(sample_emb, axis=-1, keepdims=True), eps
-    )
+    sample_unit = sample_emb / np.maximum(np.linalg.norm(sample_emb, axis=-1, keepdims=True), eps)
     return float(np.mean(np.einsum("ke,kse->ks", cond_unit, sample_unit)))
 
 

@@ -452,8 +452,19 @@ def attention_features(
       For every self-attention block, (q, k, v) each [B, heads, tokens, head_dim].
     """
     out = {}
-    for stage_name, stage in intermediates.items():
-        for block_name, block in stage.items():
-            sa = block["self_attention"]
+    # Collections come back from jit with sorted keys; restore execution order explicitly.
+    for stage_name in sorted(intermediates, key=_stage_order):
+        stage = intermediates[stage_name]
+        for block_name in sorted(stage, key=lambda name: int(name.rsplit("_", 1)[1])):
+            sa = stage[block_name]["self_attention"]
             out[f"{stage_name}/{block_name}"] = (sa["q"][0], sa["k"][0], sa["v"][0])
     return out
+
+
+def _stage_order(name: str) -> tuple[int, int]:
+    """Execution order of transformer stage names: down stages, lowest, up stages."""
+    parts = name.split("_")  # transformer_<k>[_down|_up]
+    k = int(parts[1])
+    if len(parts) == 2:
+        return (1, 0)
+    return (0, k) if parts[2] == "down" else (2, -k)

@@ -1,0 +1,168 @@
+"""Train-step throughput of a config: images/s, step time, achieved FLOP/s, peak memory.
+
+  .venv/bin/python benchmarks/train_throughput.py --out=benchmarks/results
+  .venv/bin/python benchmarks/train_throughput.py --devices=1,8 --steps=20 --variant=default
+
+Each device count runs in its own process (XLA_FLAGS must be set before JAX starts) on
+synthetic batches of the config's shapes, through the real jitted, donated, sharded train
+step. FLOPs come from XLA's cost analysis of the compiled step; peak memory is the
+process's maximum resident set size (CPU) or the device's peak bytes (GPU/TPU).
+Results: OUT/train_throughput.json (and printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def measure(variant: str, steps: int, warmup: int, overrides: list[str]) -> dict:
+    """Runs in the child process: builds the real step and times it."""
+    sys.path.insert(0, ROOT)
+    import jax
+    import numpy as np
+
+    from configs import mnist
+    from semantica_jax import generate, parallel, train
+    from semantica_jax.train_step import StepConfig, make_optimizer, train_step
+
+    config = mnist.get_config(variant)
+    for item in overrides:
+        key, value = item.split("=", 1)
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], tuple) else eval(value)
+    mesh = parallel.make_mesh(config.mesh.fsdp)
+    bsz = config.train.batch_size
+    parallel.check_batch_size(bsz, mesh)
+    hw, c = config.data.image_size, config.data.channels
+    num_tokens = (hw // config.encoder.patch_size) ** 2
+    rng = np.random.default_rng(0)
+    host_batch = {
+        "target": rng.uniform(-1, 1, (bsz, hw, hw, c)).astype(np.float32),
+        "cond_tokens": rng.normal(size=(bsz, num_tokens, config.encoder.width)).astype(np.float32),
+        "cond_cls": rng.normal(size=(bsz, config.encoder.width)).astype(np.float32),
+    }
+    model = generate.build_model(config)
+    tx = make_optimizer(config.train)
+    state, abstract = train.create_state(config, model, tx, host_batch, mesh)
+    step_fn = functools.partial(
+        train_step,
+        model_apply=train._model_apply(model),
+        encoder_apply=None,
+        logsnr_fn=generate.training_logsnr_fn(config),
+        tx=tx,
+        hp=StepConfig.from_config(config),
+    )
+    shardings = jax.tree.map(lambda a: a.sharding, abstract)
+    jit_step = jax.jit(
+        step_fn,
+        in_shardings=(shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
+        out_shardings=(shardings, parallel.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    with jax.set_mesh(mesh):
+        batch = parallel.global_batch(host_batch, mesh)
+        t0 = time.perf_counter()
+        compiled = jit_step.lower(state, batch, {}).compile()
+        compile_s = time.perf_counter() - t0
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        flops = float(cost.get("flops", float("nan")))
+        for _ in range(warmup):
+            state, metrics = compiled(state, batch, {})
+        jax.block_until_ready(metrics)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = compiled(state, batch, {})
+        jax.block_until_ready(metrics)
+        step_s = (time.perf_counter() - t0) / steps
+    num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+    mem = jax.devices()[0].memory_stats() or {}
+    peak = mem.get("peak_bytes_in_use") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {
+        "variant": variant,
+        "overrides": overrides,
+        "devices": jax.device_count(),
+        "platform": jax.devices()[0].platform,
+        "batch_size": bsz,
+        "num_params": num_params,
+        "compile_s": round(compile_s, 2),
+        "step_time_s": round(step_s, 4),
+        "images_per_s": round(bsz / step_s, 1),
+        "flops_per_step": flops,
+        "flops_per_image": flops / bsz,
+        "achieved_gflops_per_s": round(flops / step_s / 1e9, 1),
+        "peak_memory_gib": round(peak / 2**30, 3),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "final_loss": float(metrics["loss"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results", help="directory for the JSON")
+    parser.add_argument("--variant", default="default", help="configs/mnist.py variant")
+    parser.add_argument("--devices", default="1,8", help="simulated CPU device counts")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
+    parser.add_argument("--xla_flags", default="", help="extra XLA_FLAGS, e.g. onednn flags")
+    parser.add_argument("--set", action="append", default=[], help="config override a.b=v")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.variant, args.steps, args.warmup, args.set)))
+        return
+    results = []
+    for n in [int(d) for d in args.devices.split(",")]:
+        env = dict(os.environ)
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n} {args.xla_flags}".strip()
+        env.setdefault("JAX_PLATFORMS", "cpu")
+        cmd = [sys.executable, __file__, "--child", f"--variant={args.variant}",
+               f"--steps={args.steps}", f"--warmup={args.warmup}"]
+        cmd += [f"--set={s}" for s in args.set]
+        print(f"measuring {args.variant} on {n} device(s) ...", file=sys.stderr, flush=True)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+        if proc.returncode:
+            sys.exit(f"benchmark child failed:\n{proc.stderr[-3000:]}")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1], indent=2))
+    report = {
+        "machine": {
+            "cpu": _cpu_model(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "results": results,
+    }
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "train_throughput.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(report, f, indent=2)
+    os.replace(path + ".tmp", path)
+    print(f"wrote {path}")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()

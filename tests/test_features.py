@@ -1,0 +1,141 @@
+"""The MNIST-FID feature classifier: training, features, caching (synthetic data, tmp dirs)."""
+
+import dataclasses
+import os
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import semantica_jax.data
+from configs import mnist as mnist_config
+from semantica_jax.metrics import features
+
+TINY = features.FeatureNetSettings(
+    conv_channels=(4,),
+    embed_dim=8,
+    num_classes=2,
+    num_steps=40,
+    batch_size=16,
+    learning_rate=1e-2,
+    warmup_steps=2,
+    max_shift=1,
+    log_every=20,
+)
+
+
+def _two_class_images(n: int, seed: int, size: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 [n,size,size,1]: class 0 has a bright left half, class 1 a bright right half."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, size=n).astype(np.int32)
+    images = rng.integers(0, 60, size=(n, size, size, 1))
+    half = size // 2
+    for i, label in enumerate(labels):
+        cols = slice(0, half) if label == 0 else slice(half, size)
+        images[i, :, cols] += 150
+    return images.astype(np.uint8), labels
+
+
+def _bundle(params, settings=TINY) -> features.FeatureNetBundle:
+    return features.FeatureNetBundle(params, features.build_model(settings), "", settings, 0.0)
+
+
+def test_training_improves_accuracy():
+    images, labels = _two_class_images(256, seed=0)
+    test_images, test_labels = _two_class_images(128, seed=1)
+    state = features.create_train_state(TINY, images.shape[1:], jax.random.key(TINY.seed))
+    before = features.accuracy(_bundle(state.params), test_images, test_labels)
+    trained = features.train_and_score(images, labels, test_images, test_labels, TINY)
+    assert trained.test_accuracy >= 0.95 > before + 0.2
+    feats = features.feature_fn(trained, batch_size=7)(test_images)
+    assert feats.shape == (128, TINY.embed_dim) and feats.dtype == np.float32
+    assert np.all(feats >= 0.0)  # post-ReLU penultimate layer
+
+
+def test_feature_fn_batching_and_input_ranges():
+    images, _ = _two_class_images(10, seed=2)
+    state = features.create_train_state(TINY, images.shape[1:], jax.random.key(0))
+    bundle = _bundle(state.params)
+    as_float = images.astype(np.float32) / 127.5 - 1.0
+    one_batch = features.feature_fn(bundle, batch_size=100)(as_float)
+    _, direct = bundle.model.apply({"params": bundle.params}, jnp.asarray(as_float))
+    np.testing.assert_allclose(one_batch, np.asarray(direct), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        features.feature_fn(bundle, batch_size=3)(as_float), one_batch, rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(features.feature_fn(bundle)(images), one_batch, rtol=1e-6)
+    predicted = features.classify(bundle, as_float, batch_size=4)
+    logits, _ = bundle.model.apply({"params": bundle.params}, jnp.asarray(as_float))
+    np.testing.assert_array_equal(predicted, np.argmax(np.asarray(logits), -1))
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        features.feature_fn(bundle)(images.astype(np.float32))
+    with pytest.raises(ValueError, match=r"\[B,H,W,C\]"):
+        features.feature_fn(bundle)(as_float[..., 0])
+
+
+def test_random_shift():
+    image = -np.ones((1, 9, 9, 1), np.float32)
+    image[0, 4, 4, 0] = 1.0
+    batch = jnp.asarray(np.repeat(image, 64, axis=0))
+    shifted = np.asarray(features.random_shift(batch, jax.random.key(0), 2))
+    np.testing.assert_array_equal(np.asarray(features.random_shift(batch, None, 0)), batch)
+    rows, cols = np.nonzero(shifted[..., 0] == 1.0)[1:]
+    assert np.all(np.abs(rows - 4) <= 2) and np.all(np.abs(cols - 4) <= 2)
+    assert np.all((shifted == 1.0).sum(axis=(1, 2, 3)) == 1)  # the pixel is never lost
+    assert len(set(zip(rows.tolist(), cols.tolist(), strict=True))) > 10  # offsets actually vary
+
+
+def test_settings_validation():
+    with pytest.raises(ValueError, match="128"):
+        features.FeatureNetSettings(embed_dim=256)
+    with pytest.raises(ValueError, match="feature_net_steps"):
+        features.FeatureNetSettings(num_steps=0)
+    with pytest.raises(ValueError, match="labels span"):
+        features.train_feature_net(
+            *_two_class_images(8, 0), features.FeatureNetSettings(num_classes=1)
+        )
+
+
+def test_load_or_train_caches(tmp_path, monkeypatch):
+    calls = []
+
+    def load_split(dataset, split, data_dir, image_size, channels, max_examples=0):
+        calls.append((dataset, split, data_dir))
+        images, labels = _two_class_images(96, seed=0 if split == "train" else 1, size=28)
+        return images, labels
+
+    fake_mnist = types.SimpleNamespace(
+        load_split=load_split, resolve_data_dir=lambda config: str(tmp_path / "tfds")
+    )
+    monkeypatch.setitem(sys.modules, "semantica_jax.data.mnist", fake_mnist)
+    monkeypatch.setattr(semantica_jax.data, "mnist", fake_mnist, raising=False)
+
+    config = mnist_config.get_config("tiny")
+    config.cache_dir = str(tmp_path / "cache")
+    config.eval.feature_net_steps = 3
+    settings = features.FeatureNetSettings(
+        conv_channels=(4,), embed_dim=8, num_classes=2, batch_size=8, log_every=1, num_steps=3
+    )
+    trained = features.load_or_train_feature_net(config, settings)
+    assert [c[1] for c in calls] == ["train", "test"]
+    assert trained.path.startswith(str(tmp_path / "cache" / "feature_net"))
+    assert os.listdir(os.path.dirname(trained.path)) == [os.path.basename(trained.path)]
+
+    cached = features.load_or_train_feature_net(config, settings)
+    assert len(calls) == 2  # no data loaded, nothing trained the second time
+    assert cached.path == trained.path and cached.settings == settings
+    assert cached.test_accuracy == trained.test_accuracy
+    jax.tree.map(np.testing.assert_array_equal, cached.params, trained.params)
+    images, _ = _two_class_images(5, seed=3, size=28)
+    np.testing.assert_array_equal(
+        features.feature_fn(cached)(images), features.feature_fn(trained)(images)
+    )
+
+    other = dataclasses.replace(settings, num_steps=4)
+    assert features.load_or_train_feature_net(config, other).path != trained.path
+    assert len(calls) == 4
+    # The steps come from the config when no settings are given.
+    assert features.FeatureNetSettings.from_config(config).num_steps == 3

@@ -1,0 +1,217 @@
+"""The training system end to end: tiny runs through the real command line.
+
+Runs are subprocesses so that each can choose its device count (XLA_FLAGS must be set
+before JAX starts) and be interrupted with SIGTERM or SIGKILL.
+"""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(devices: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        TF_CPP_MIN_LOG_LEVEL="3",
+    )
+    return env
+
+
+def _main_args(workdir, cache, *overrides) -> list[str]:
+    return [
+        sys.executable, "-m", "semantica_jax.main", "--config=configs/mnist.py:tiny",
+        f"--workdir={workdir}", f"--config.cache_dir={cache}", *overrides,
+    ]
+
+
+def run_main(workdir, cache, *overrides, devices=1, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        _main_args(workdir, cache, *overrides), cwd=ROOT, env=_env(devices),
+        capture_output=True, text=True, timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def restore(workdir, item="params", step=None):
+    from semantica_jax import checkpointing
+
+    tree, step = checkpointing.restore_params(workdir, step=step, item=item)
+    return {"/".join(map(str, k)): np.asarray(v) for k, v in _flatten(tree)}, step
+
+
+def _flatten(tree):
+    import jax
+
+    return [(tuple(getattr(p, "key", p) for p in path), leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def event_tags(workdir) -> dict[str, list[int]]:
+    """TensorBoard tag -> steps written, read from the event files."""
+    import tensorflow as tf
+
+    tags: dict[str, list[int]] = {}
+    for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tags.setdefault(value.tag, []).append(event.step)
+    return tags
+
+
+@pytest.fixture(scope="module")
+def tiny_run(session_cache, tmp_path_factory):
+    """One complete tiny run on 1 device (6 steps, checkpoints at 3 and 6, samples at 6)."""
+    workdir = str(tmp_path_factory.mktemp("tiny"))
+    run_main(workdir, session_cache)
+    return workdir
+
+
+def test_tiny_run_writes_everything(tiny_run):
+    steps = sorted(int(os.path.basename(p)) for p in glob.glob(f"{tiny_run}/checkpoints/[0-9]*"))
+    assert steps == [3, 6]
+    tags = event_tags(tiny_run)
+    assert tags["loss"] == [2, 4, 6]
+    assert "samples" in tags and "grad_norm" in tags and "images_per_sec" in tags
+    assert os.path.isfile(os.path.join(tiny_run, "samples", "step_6.png"))
+    config = json.load(open(os.path.join(tiny_run, "config.json")))
+    assert config["variant"] == "tiny" and config["train"]["num_steps"] == 6
+    summary = json.load(open(os.path.join(tiny_run, "summary.json")))
+    assert summary["final_step"] == 6 and np.isfinite(summary["metrics"]["loss"])
+    from PIL import Image
+
+    grid = Image.open(os.path.join(tiny_run, "samples", "step_6.png"))
+    # 2 rows of (conditioning | 2 variations at w=0 | 2 at the config's w), 28 px + borders.
+    assert grid.size[0] > grid.size[1] > 2 * 28
+
+
+def test_rerun_of_finished_run_changes_nothing(tiny_run, session_cache):
+    before, step = restore(tiny_run)
+    run_main(tiny_run, session_cache)
+    after, step_after = restore(tiny_run)
+    assert step == step_after == 6
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])
+
+
+@pytest.fixture(scope="module")
+def reference_run(session_cache, tmp_path_factory):
+    """An uninterrupted run of the resume tests' length."""
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    run_main(workdir, session_cache, *RESUME_OVERRIDES)
+    return workdir
+
+
+RESUME_OVERRIDES = (
+    "--config.train.num_steps=80",
+    "--config.train.checkpoint_every=10",
+    "--config.train.eval_every=0",
+    "--config.train.log_every=10",
+)
+
+
+def _wait_for_checkpoint(workdir, proc, min_step=10, timeout=300):
+    start = time.time()
+    while time.time() - start < timeout:
+        if glob.glob(f"{workdir}/checkpoints/{min_step}") or glob.glob(
+            f"{workdir}/checkpoints/[1-9][0-9]"
+        ):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before a checkpoint: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_interrupted_run_resumes_exactly(sig, reference_run, session_cache, tmp_path):
+    workdir = str(tmp_path)
+    proc = subprocess.Popen(
+        _main_args(workdir, session_cache, *RESUME_OVERRIDES), cwd=ROOT, env=_env(1),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    _wait_for_checkpoint(workdir, proc)
+    proc.send_signal(sig)
+    rc = proc.wait(timeout=120)
+    if sig == signal.SIGTERM:
+        assert rc == 0, proc.stderr.read()[-3000:]
+        summary = json.load(open(os.path.join(workdir, "summary.json")))
+        assert summary["preempted"] and summary["final_step"] < 80
+        # The preemption checkpoint is the step the run stopped at.
+        _, saved = restore(workdir)
+        assert saved == summary["final_step"]
+    else:
+        assert rc == -signal.SIGKILL
+    _, interrupted_at = restore(workdir)
+    assert interrupted_at < 80
+    run_main(workdir, session_cache, *RESUME_OVERRIDES)
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    assert summary["start_step"] == interrupted_at and summary["final_step"] == 80
+    for item in ("params", "ema_params"):
+        expected, _ = restore(reference_run, item)
+        got, step = restore(workdir, item)
+        assert step == 80
+        for k in expected:
+            np.testing.assert_array_equal(got[k], expected[k], err_msg=f"{item}/{k}")
+
+
+def _final_loss_and_params(workdir):
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    return summary["metrics"]["loss"], restore(workdir)[0]
+
+
+def _assert_same_run(workdir_a, workdir_b):
+    loss_a, params_a = _final_loss_and_params(workdir_a)
+    loss_b, params_b = _final_loss_and_params(workdir_b)
+    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-4)
+    for k in params_a:
+        np.testing.assert_allclose(params_a[k], params_b[k], rtol=1e-3, atol=1e-5, err_msg=k)
+
+
+def test_eight_devices_match_one(tiny_run, session_cache, tmp_path):
+    run_main(str(tmp_path), session_cache, devices=8)
+    summary = json.load(open(os.path.join(tmp_path, "summary.json")))
+    assert summary["devices"] == 8
+    _assert_same_run(tiny_run, str(tmp_path))
+
+
+def test_two_processes_match_one(tiny_run, session_cache, tmp_path):
+    workdir = str(tmp_path / "run")
+    proc = subprocess.run(
+        ["bash", "launch/local_multihost.sh", "2", "2", "--",
+         "--config=configs/mnist.py:tiny", f"--workdir={workdir}",
+         f"--config.cache_dir={session_cache}"],
+        cwd=ROOT, env={**_env(2), "PYTHON": sys.executable, "WORKLOG_DIR": str(tmp_path)},
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    assert summary["processes"] == 2 and summary["devices"] == 4
+    _assert_same_run(tiny_run, workdir)
+
+
+@pytest.mark.parametrize(
+    "override, devices, field",
+    [
+        ("--config.nonexistent=1", 1, "nonexistent"),
+        ("--config.train.batch_size=-4", 1, "train.batch_size"),
+        ("--config.train.batch_size=12", 8, "train.batch_size"),
+    ],
+)
+def test_bad_override_is_one_clear_line(override, devices, field, tmp_path):
+    proc = run_main(str(tmp_path), str(tmp_path / "cache"), override, devices=devices, check=False)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and field in lines[0], proc.stderr[-2000:]
