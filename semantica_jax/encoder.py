@@ -215,7 +215,7 @@ def train_step(
     )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -386,7 +386,7 @@ def load_encoder(directory: str, expected: ViTConfig | None = None) -> EncoderBu
             + "); change the config to match or point encoder.checkpoint elsewhere"
         )
     model = vit.module()
-    target = jax.eval_shape(init_params, model, jax.random.key(0))
+    target = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
     params = jax.device_get(checkpointing.restore_pytree(os.path.join(directory, "params"), target))
     params_hash = hash_params(params)
     if manifest.get("params_hash") not in (None, params_hash):

@@ -113,21 +113,23 @@ def cosine_distributions(
     """
     rng = np.random.default_rng(seed)
     unit = _unit(cls)
-    labels = np.asarray(labels)
-    by_class = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
-    usable = [c for c, idx in by_class.items() if len(idx) >= 2]
-    if len(by_class) < 2 or not usable:
+    classes, label_idx = np.unique(np.asarray(labels), return_inverse=True)
+    counts = np.bincount(label_idx)
+    order = np.argsort(label_idx, kind="stable")
+    offsets = np.cumsum(counts) - counts
+    usable = np.flatnonzero(counts >= 2)
+    if len(classes) < 2 or not len(usable):
         raise ValueError("cosine_distributions needs >= 2 classes and a class with >= 2 images")
-    first = rng.integers(0, len(labels), size=4 * num_pairs)
-    second = rng.integers(0, len(labels), size=4 * num_pairs)
-    keep = first != second
-    first, second = first[keep], second[keep]
-    same_mask = labels[first] == labels[second]
-    # Same-class pairs are rare with many classes: draw them per class instead.
-    cls_pick = rng.choice(np.asarray(usable), size=num_pairs)
-    same_a = np.array([rng.choice(by_class[c]) for c in cls_pick])
-    same_b = np.array([rng.choice(by_class[c][by_class[c] != a]) for c, a in zip(cls_pick, same_a)])
-    diff_a, diff_b = first[~same_mask][:num_pairs], second[~same_mask][:num_pairs]
+    # Same-class pairs are rare with many classes: draw a class, then two distinct members.
+    pick = rng.choice(usable, size=num_pairs)
+    first = rng.integers(0, counts[pick])
+    second = (first + rng.integers(1, counts[pick])) % counts[pick]
+    same_a, same_b = order[offsets[pick] + first], order[offsets[pick] + second]
+    # Different-class pairs: uniform pairs, rejecting same-class ones.
+    a = rng.integers(0, len(label_idx), size=4 * num_pairs + 100)
+    b = rng.integers(0, len(label_idx), size=4 * num_pairs + 100)
+    keep = label_idx[a] != label_idx[b]
+    diff_a, diff_b = a[keep][:num_pairs], b[keep][:num_pairs]
     same_cos = np.sum(unit[same_a] * unit[same_b], axis=1)
     diff_cos = np.sum(unit[diff_a] * unit[diff_b], axis=1)
     report = {

@@ -221,7 +221,12 @@ def _check_start(t_start, x_start, x_start_is_noisy: bool, shape) -> None:
     if x_start is None:
         if x_start_is_noisy:
             raise ValueError("x_start_is_noisy=True needs x_start (the noisy image z_t_start)")
-        if not (isinstance(t_start, (int, float)) and t_start == 1.0):
+        if not isinstance(t_start, (int, float)):
+            raise ValueError(
+                "with x_start=None, pass t_start as the Python number 1.0 (sampling starts "
+                "from pure noise); a t_start array is for partial denoising with x_start"
+            )
+        if t_start != 1.0:
             raise ValueError(
                 "t_start < 1 needs x_start: partial denoising starts from a given image"
             )
@@ -262,7 +267,9 @@ def make_sampler(
     Returns:
       `sampler(params, cond, rng, guidance=0.0, t_start=1.0, x_start=None) -> x
       [B,H,W,C]`; params, cond, rng, guidance and t_start are traced (no recompiles),
-      and x_start=None (start from N(0, I)) vs an array compiles one variant each.
+      and x_start=None (start from N(0, I)) vs an array compiles one variant each. As
+      with any jit, a change of pytree structure, dtype or weak type (jnp.full(.., 0.5)
+      vs an explicit float32) in params/cond/x_start retraces.
     """
     shape = tuple(int(d) for d in shape)
     _check_static(prediction, kind, num_steps, gamma, shape)

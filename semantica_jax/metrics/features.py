@@ -14,6 +14,7 @@ and renamed into place, so a reader sees either nothing or a complete network.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -305,8 +306,9 @@ def _as_model_input(images: np.ndarray) -> np.ndarray:
 
 def make_apply(bundle: FeatureNetBundle) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
     """Jitted images [B,H,W,C] in [-1,1] -> (logits [B,K], feats [B,F]) for a bundle."""
-    model, params = bundle.model, bundle.params
-    return jax.jit(lambda images: model.apply({"params": params}, images))
+    # Params go in as an argument, not a closure, so they are not baked into the program.
+    apply = jax.jit(lambda params, images: bundle.model.apply({"params": params}, images))
+    return functools.partial(apply, bundle.params)
 
 
 def feature_fn(

@@ -84,7 +84,7 @@ def samples_per_conditioning(num_images: int, k: int) -> int:
     return num_images // k
 
 
-def batched_features(feature_fn: FeatureFn, images: np.ndarray) -> np.ndarray:
+def compute_features(feature_fn: FeatureFn, images: np.ndarray) -> np.ndarray:
     """feature_fn(images) as a numpy [N,F] array, with a shape check."""
     feats = np.asarray(feature_fn(images))
     if feats.ndim != 2 or feats.shape[0] != images.shape[0]:
@@ -170,9 +170,9 @@ def run_kshot(
     num_per_cond = samples_per_conditioning(num_images, k)
     cond_indices = select_conditioning(labels, k, seed)
     if real_feats is None:
-        real_feats = batched_features(feature_fn, real_images)
+        real_feats = compute_features(feature_fn, real_images)
     samples = generate_variations(generate_fn, cond_indices, num_per_cond, rng)
-    sample_feats = batched_features(feature_fn, samples)
+    sample_feats = compute_features(feature_fn, samples)
     metrics = kshot_metrics(real_feats, sample_feats, pr_k=pr_k, block_size=block_size)
     metrics.update(k=k, num_per_cond=num_per_cond, num_images=num_images)
     return KShotResult(metrics, cond_indices, samples, sample_feats)

@@ -109,9 +109,10 @@ class ResBlock(nn.Module):
         h = nn.Conv(self.features, (3, 3), dtype=self.dtype, name="conv_0")(nn.silu(h))
         h = nn.GroupNorm(num_groups(self.features), dtype=self.dtype, name="norm_1")(h)
         h = FiLM(self.features, dtype=self.dtype, name="film")(h, emb)
-        h = nn.Conv(self.features, (3, 3), dtype=self.dtype, kernel_init=zeros_init, name="conv_1")(
-            nn.silu(h)
+        conv_out = nn.Conv(
+            self.features, (3, 3), dtype=self.dtype, kernel_init=zeros_init, name="conv_1"
         )
+        h = conv_out(nn.silu(h))
         if x.shape[-1] != self.features:
             x = nn.Dense(self.features, dtype=self.dtype, name="shortcut")(x)
         return x + h
@@ -173,9 +174,9 @@ class Attention(nn.Module):
         kv_input = x if context is None else context
 
         def project(inputs: jax.Array, name: str) -> jax.Array:
-            return nn.DenseGeneral((self.heads, head_dim), dtype=self.dtype, name=name)(
-                inputs
-            )  # [B, tokens, heads, head_dim]
+            """[B, tokens, width] -> [B, tokens, heads, head_dim]."""
+            dense = nn.DenseGeneral((self.heads, head_dim), dtype=self.dtype, name=name)
+            return dense(inputs)
 
         q = project(x, "query")
         k = project(kv_input, "key")

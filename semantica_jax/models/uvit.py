@@ -360,19 +360,16 @@ class UViT(nn.Module):
             )
 
         run = dict(train=train, capture_attention=capture_attention)
+        widths = cfg.transformer_widths
         stage_inputs = []
         for k in range(m - 1):
             stage_inputs.append(h)
             h = stage(k, f"transformer_{k}_down", True)(h, emb, contexts.get(k), **run)
-            h = Downsample(
-                cfg.transformer_widths[k + 1], dtype=dtype, name=f"transformer_{k}_downsample"
-            )(h)
+            h = Downsample(widths[k + 1], dtype=dtype, name=f"transformer_{k}_downsample")(h)
         h = stage(m - 1, f"transformer_{m - 1}", True)(h, emb, contexts.get(m - 1), **run)
         for k in reversed(range(m - 1)):
-            h = Upsample(cfg.transformer_widths[k], dtype=dtype, name=f"transformer_{k}_upsample")(
-                h
-            )
-            h = h + stage_inputs[k]
+            h = Upsample(widths[k], dtype=dtype, name=f"transformer_{k}_upsample")(h)
+            h = h + stage_inputs[k]  # residual across the lower stages, no concat skip
             h = stage(k, f"transformer_{k}_up", False)(h, emb, contexts.get(k), **run)
 
         # Conv up path, mirrored, with one skip per ResBlock.

@@ -1,0 +1,239 @@
+"""Embedding cache: frozen-encoder tokens and CLS of every image of a split, computed once.
+
+Layout: `<cache_dir>/embeddings/<encoder key>/<dataset>-<split>[-first<n>]/` holding
+  * `tokens.npy`: float16 [N, T, D] (read back memory-mapped: 60k MNIST images are ~380 MB),
+  * `cls.npy`: float32 [N, D] (small, and the cosine filters want full precision),
+  * `manifest.json`: what the arrays were computed from: encoder key, a hash of the actual
+    encoder parameters, dataset, split, max_examples, count, a hash of the image bytes, and
+    the shapes/dtypes.
+A cache is reused only if every identity field matches and the files have the recorded
+shapes; otherwise it is reported as stale (naming the fields) and rebuilt. A build is written
+into a temp dir next to the final one and renamed into place, so a crash leaves no partial
+cache (a leftover `.tmp-*` dir is ignored and can be deleted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from semantica_jax import encoder
+from semantica_jax.encoder import EncoderBundle, Log, log_stderr
+
+CACHE_FORMAT = 1
+_MANIFEST = "manifest.json"
+
+
+def images_hash(images: np.ndarray) -> str:
+    """sha256 of the image bytes, shape and dtype (hex, 16 chars): the data's fingerprint."""
+    digest = hashlib.sha256(f"{images.dtype}{images.shape}".encode())
+    digest.update(np.ascontiguousarray(images).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_identity(
+    bundle: EncoderBundle, images: np.ndarray, *, dataset: str, split: str, max_examples: int
+) -> dict:
+    """Everything the cached arrays depend on; any difference makes a cache stale."""
+    return {
+        "format": CACHE_FORMAT,
+        "encoder_key": bundle.key,
+        "params_hash": bundle.params_hash,
+        "dataset": dataset,
+        "split": split,
+        "max_examples": int(max_examples),
+        "count": int(len(images)),
+        "images_hash": images_hash(images),
+    }
+
+
+def _read_manifest(directory: str) -> dict | None:
+    try:
+        with open(os.path.join(directory, _MANIFEST)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _stale_reasons(directory: str, manifest: dict, identity: dict) -> list[str]:
+    """Why the cache in `directory` cannot be reused (empty list: it can)."""
+    reasons = [
+        f"{k}: cached {manifest.get('identity', {}).get(k)!r} != wanted {v!r}"
+        for k, v in identity.items()
+        if manifest.get("identity", {}).get(k) != v
+    ]
+    if reasons:
+        return reasons
+    for name in ("tokens", "cls"):
+        try:
+            array = np.load(os.path.join(directory, f"{name}.npy"), mmap_mode="r")
+        except (OSError, ValueError) as err:
+            return [f"{name}.npy unreadable ({err})"]
+        want = manifest.get("arrays", {}).get(name, {})
+        if list(array.shape) != want.get("shape") or str(array.dtype) != want.get("dtype"):
+            return [f"{name}.npy is {array.dtype} {array.shape}, manifest says {want}"]
+    return []
+
+
+def _build(
+    directory: str,
+    bundle: EncoderBundle,
+    images: np.ndarray,
+    identity: dict,
+    batch_size: int,
+    log: Log,
+) -> None:
+    """Encodes all images into a temp dir, then renames it to `directory` (replacing it)."""
+    parent, name = os.path.split(directory)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+    os.makedirs(tmp)
+    try:
+        num = len(images)
+        num_tokens = (bundle.model.image_size // bundle.model.patch_size) ** 2
+        width = bundle.model.width
+        tokens = np.lib.format.open_memmap(
+            os.path.join(tmp, "tokens.npy"), mode="w+", dtype=np.float16,
+            shape=(num, num_tokens, width),
+        )
+        cls = np.zeros((num, width), np.float32)
+        start_time, next_report = time.perf_counter(), 0.1
+        for start, tok, c in encoder.iter_encode(bundle, images, batch_size, with_tokens=True):
+            tokens[start : start + len(c)] = tok.astype(np.float16)
+            cls[start : start + len(c)] = c
+            done = (start + len(c)) / max(num, 1)
+            if done >= next_report:
+                elapsed = time.perf_counter() - start_time
+                rate = (start + len(c)) / max(elapsed, 1e-9)
+                log(
+                    f"embeddings: {start + len(c)}/{num} images  {rate:.0f} images/s  "
+                    f"ETA {(num - start - len(c)) / max(rate, 1e-9):.0f}s"
+                )
+                next_report += 0.1
+        tokens.flush()
+        del tokens
+        np.save(os.path.join(tmp, "cls.npy"), cls)
+        manifest = {
+            "identity": identity,
+            "arrays": {
+                "tokens": {"shape": [num, num_tokens, width], "dtype": "float16"},
+                "cls": {"shape": [num, width], "dtype": "float32"},
+            },
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        with open(os.path.join(tmp, _MANIFEST), "w") as f:
+            json.dump(manifest, f, indent=2, sort_keys=True)
+        old = None
+        if os.path.exists(directory):
+            # Move the stale cache aside first: rename cannot replace a non-empty directory.
+            old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(directory, old)
+        os.rename(tmp, directory)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cached_embeddings(
+    directory: str,
+    bundle: EncoderBundle,
+    images: np.ndarray,
+    identity: dict,
+    *,
+    batch_size: int = 256,
+    log: Log = log_stderr,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns the embeddings of `images` from `directory`, (re)building it if needed.
+
+    Args:
+      directory: cache directory of this (encoder, dataset, split).
+      bundle: the encoder.
+      images: uint8 [N, H, W, C] (or float in [-1, 1]).
+      identity: from `cache_identity`; compared field by field with the cached manifest.
+      batch_size: encoding batch.
+      log: progress / staleness messages.
+
+    Returns:
+      (tokens float16 [N, T, D] read-only memmap, cls float32 [N, D]).
+    """
+    directory = os.path.abspath(directory)
+    manifest = _read_manifest(directory)
+    if manifest is not None:
+        reasons = _stale_reasons(directory, manifest, identity)
+        if not reasons:
+            return _open(directory)
+        log(f"embeddings: stale cache {directory} ({'; '.join(reasons)}); rebuilding")
+    elif os.path.exists(directory):
+        log(f"embeddings: {directory} has no readable manifest; rebuilding")
+    else:
+        log(f"embeddings: computing {len(images)} embeddings into {directory}")
+    _build(directory, bundle, images, identity, batch_size, log)
+    return _open(directory)
+
+
+def _open(directory: str) -> tuple[np.ndarray, np.ndarray]:
+    tokens = np.load(os.path.join(directory, "tokens.npy"), mmap_mode="r")
+    cls = np.load(os.path.join(directory, "cls.npy"))
+    return tokens, cls
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def embedding_cache(
+    config: ml_collections.ConfigDict,
+    bundle: EncoderBundle,
+    split: str,
+    *,
+    load_split: Callable[..., Any] | None = None,
+    log: Log = log_stderr,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens and CLS of every image of `split` of `config.data.dataset`, cached.
+
+    Args:
+      config: the full config (data section, cache_dir).
+      bundle: the frozen encoder (`encoder.load_or_train_encoder`).
+      split: TFDS split name.
+      load_split: `data.mnist.load_split`-compatible reader (tests pass a fake); default
+        reads the split through TFDS.
+      log: progress sink.
+
+    Returns:
+      (tokens float16 [N, T, D] read-only memmap, cls float32 [N, D]).
+    """
+    if load_split is None:
+        from semantica_jax.data import mnist as mnist_data
+
+        load_split = mnist_data.load_split
+        data_dir = mnist_data.resolve_data_dir(config)
+    else:
+        data_dir = config.data.data_dir or os.path.join(config.cache_dir, "tfds")
+    data = config.data
+    images, _ = load_split(
+        data.dataset, split, data_dir, data.image_size, data.channels, data.max_examples
+    )
+    identity = cache_identity(
+        bundle, images, dataset=data.dataset, split=split, max_examples=data.max_examples
+    )
+    directory = os.path.join(
+        os.path.abspath(config.cache_dir),
+        "embeddings",
+        bundle.key or "unkeyed",
+        # max_examples in the name: a smoke run on a slice must not evict the full cache.
+        f"{_slug(data.dataset)}-{_slug(split)}"
+        + (f"-first{int(data.max_examples)}" if data.max_examples else ""),
+    )
+    return cached_embeddings(directory, bundle, images, identity, log=log)

@@ -1,0 +1,157 @@
+"""Reading user images (PNG/JPEG/.npy) into model-sized uint8 arrays, writing PNG grids.
+
+`load_image` is what the command-line tools use for their inputs; `save_grid` writes sample
+sheets. Both are used by several tools, so their behaviour is kept simple and explicit.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+class ImageReadError(ValueError):
+    """An input image could not be read; the message names the file and the reason."""
+
+
+def _array_to_uint8(array: np.ndarray, path: str) -> tuple[np.ndarray, str | None]:
+    """Brings a .npy array to uint8 [H, W, C]; floats are read as [0, 1] or [-1, 1]."""
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+        raise ImageReadError(
+            f"{path}: .npy must hold [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], "
+            f"got shape {array.shape}"
+        )
+    if array.dtype == np.uint8:
+        return array, None
+    if not np.issubdtype(array.dtype, np.number):
+        raise ImageReadError(f"{path}: .npy dtype {array.dtype} is not numeric")
+    values = array.astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ImageReadError(f"{path}: .npy holds NaN or inf")
+    lo, hi = float(values.min()), float(values.max())
+    if lo >= 0.0 and hi <= 1.0:
+        values, note = values * 255.0, "float [0, 1] -> uint8"
+    elif lo >= -1.0 and hi <= 1.0:
+        values, note = (values + 1.0) * 127.5, "float [-1, 1] -> uint8"
+    else:
+        note = f"values in [{lo:.3g}, {hi:.3g}] clipped to [0, 255]"
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8), note
+
+
+def _read(path: str) -> tuple[Image.Image, list[str]]:
+    notes: list[str] = []
+    if not os.path.isfile(path):
+        raise ImageReadError(f"{path}: no such file")
+    if path.lower().endswith(".npy"):
+        try:
+            # allow_pickle=False: a .npy from elsewhere must not run code.
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise ImageReadError(f"{path}: not a readable .npy array ({err})") from err
+        array, note = _array_to_uint8(np.asarray(array), path)
+        if note:
+            notes.append(note)
+        mode = {1: "L", 3: "RGB", 4: "RGBA"}[array.shape[-1]]
+        return Image.fromarray(array[..., 0] if mode == "L" else array, mode=mode), notes
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy(), notes
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"{path}: not a readable image ({err})") from err
+
+
+def load_image(path: str, image_size: int, channels: int) -> tuple[np.ndarray, str | None]:
+    """Reads an image file and converts it to the model's size and colour.
+
+    Args:
+      path: PNG/JPEG (anything Pillow reads) or .npy ([H, W] or [H, W, C]; uint8, or float
+        in [0, 1] / [-1, 1]).
+      image_size: S of the output (resized to S x S with antialiasing; no cropping, so a
+        non-square image is squashed: the note says so).
+      channels: 1 (grey) or 3 (RGB).
+
+    Returns:
+      (uint8 [S, S, channels], note) where note describes any conversion, or None.
+
+    Raises:
+      ImageReadError: unreadable or unsupported file (message names the file).
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    image, notes = _read(path)
+    original = f"{image.width}x{image.height} {image.mode}"
+    mode = "L" if channels == 1 else "RGB"
+    if image.mode != mode:
+        has_alpha = image.mode in ("RGBA", "LA") or "transparency" in image.info
+        if has_alpha:
+            # Composite transparent pixels on black: MNIST digits are white on black.
+            background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+            image = Image.alpha_composite(background, image.convert("RGBA"))
+        image = image.convert(mode)
+    if image.size != (image_size, image_size):
+        image = image.resize((image_size, image_size), Image.Resampling.LANCZOS)
+    converted = f"{image.width}x{image.height} {image.mode}"
+    if converted != original:
+        notes.append(f"{original} -> {image_size}x{image_size}x{channels}")
+    array = np.asarray(image, np.uint8).reshape(image_size, image_size, channels)
+    return array, ("; ".join(notes) or None)
+
+
+def _to_uint8(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images
+    # Library images are float in [-1, 1].
+    return np.clip(np.rint((images.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def save_grid(
+    images: np.ndarray, path: str, ncols: int | None = None, padding: int = 2, scale: int = 1
+) -> str:
+    """Writes images as one PNG grid, atomically (temp file in the same dir, then rename).
+
+    Args:
+      images: [N, H, W, C] uint8, or float in [-1, 1]; C = 1 or 3. Row-major order.
+      path: output .png path.
+      ncols: images per row; None = ceil(sqrt(N)).
+      padding: pixels of black between images.
+      scale: integer nearest-neighbour upscaling of the whole grid (28 px digits are small).
+
+    Returns:
+      The path written.
+    """
+    images = _to_uint8(images)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
+        raise ValueError(f"save_grid expects [N>0, H, W, 1|3] images, got {images.shape}")
+    num, height, width, chans = images.shape
+    ncols = ncols or math.ceil(math.sqrt(num))
+    nrows = math.ceil(num / ncols)
+    grid = np.zeros(
+        (nrows * (height + padding) + padding, ncols * (width + padding) + padding, chans),
+        np.uint8,
+    )
+    for i, image in enumerate(images):
+        r, c = divmod(i, ncols)
+        top, left = padding + r * (height + padding), padding + c * (width + padding)
+        grid[top : top + height, left : left + width] = image
+    if scale > 1:
+        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    pil = Image.fromarray(grid[..., 0] if chans == 1 else grid)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=directory)
+    os.close(fd)
+    try:
+        pil.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
