@@ -17,6 +17,7 @@ _WORKDIR = main_lib._WORKDIR
 
 def demo(argv) -> None:
     del argv
+    main_lib.quiet_library_logs()
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")

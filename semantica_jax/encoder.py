@@ -346,7 +346,13 @@ def save_encoder(directory: str, vit: ViTConfig, params: Any, meta: dict) -> Enc
         manifest = dict(meta, vit=dataclasses.asdict(vit), params_hash=params_hash)
         with open(os.path.join(tmp, "encoder.json"), "w") as f:
             json.dump(manifest, f, indent=2, sort_keys=True, default=list)
-        os.rename(tmp, directory)
+        try:
+            os.rename(tmp, directory)
+        except OSError as err:
+            # Renaming onto a non-empty dir fails (ENOTEMPTY): another process won the race.
+            if os.path.exists(directory):
+                raise FileExistsError(f"encoder directory {directory} already exists") from err
+            raise
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)

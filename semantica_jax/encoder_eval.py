@@ -283,7 +283,7 @@ def run_encoder_job(
 
 def run() -> None:
     """absl entry point of `python -m semantica_jax.encoder`."""
-    from absl import app, flags
+    from absl import app, flags, logging
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file(
@@ -295,6 +295,8 @@ def run() -> None:
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        # Progress goes to stderr via `log`; Orbax logs every save/restore at INFO.
+        logging.set_verbosity(logging.WARNING)
         run_encoder_job(flags.FLAGS.config, flags.FLAGS.workdir)
 
     app.run(main)

@@ -112,24 +112,20 @@ def _to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(np.rint((images.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def save_grid(
-    images: np.ndarray, path: str, ncols: int | None = None, padding: int = 2, scale: int = 1
-) -> str:
-    """Writes images as one PNG grid, atomically (temp file in the same dir, then rename).
+def make_grid(
+    images: np.ndarray, ncols: int | None = None, padding: int = 2, scale: int = 1
+) -> np.ndarray:
+    """Tiles images into one uint8 array [rows*(H+p)+p, cols*(W+p)+p, C] (black borders).
 
     Args:
       images: [N, H, W, C] uint8, or float in [-1, 1]; C = 1 or 3. Row-major order.
-      path: output .png path.
       ncols: images per row; None = ceil(sqrt(N)).
       padding: pixels of black between images.
       scale: integer nearest-neighbour upscaling of the whole grid (28 px digits are small).
-
-    Returns:
-      The path written.
     """
     images = _to_uint8(images)
     if images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
-        raise ValueError(f"save_grid expects [N>0, H, W, 1|3] images, got {images.shape}")
+        raise ValueError(f"a grid needs [N>0, H, W, 1|3] images, got {images.shape}")
     num, height, width, chans = images.shape
     ncols = ncols or math.ceil(math.sqrt(num))
     nrows = math.ceil(num / ncols)
@@ -143,7 +139,13 @@ def save_grid(
         grid[top : top + height, left : left + width] = image
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
-    pil = Image.fromarray(grid[..., 0] if chans == 1 else grid)
+    return grid
+
+
+def save_png(image: np.ndarray, path: str) -> str:
+    """Writes one uint8 [H, W, C] image as PNG atomically (temp file, then rename)."""
+    image = np.asarray(image, np.uint8)
+    pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".png", dir=directory)
@@ -155,3 +157,10 @@ def save_grid(
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def save_grid(
+    images: np.ndarray, path: str, ncols: int | None = None, padding: int = 2, scale: int = 1
+) -> str:
+    """Writes images as one PNG grid atomically (see `make_grid`); returns the path."""
+    return save_png(make_grid(images, ncols, padding, scale), path)

@@ -20,9 +20,20 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def quiet_library_logs() -> None:
+    """Keeps INFO lines of our code and clu (progress, ETA); libraries speak from WARNING up."""
+
+    def keep(record) -> bool:
+        own = "semantica_jax" in record.pathname or "/clu/" in record.pathname
+        return own or record.levelno >= logging.WARNING
+
+    logging.get_absl_handler().addFilter(keep)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    quiet_library_logs()
     # TensorFlow only feeds data and writes summaries: keep it off any accelerator.
     import tensorflow as tf
 

@@ -52,10 +52,12 @@ def read_inputs(paths: list[str], image_size: int, channels: int) -> np.ndarray:
 
 def main(argv: list[str]) -> None:
     """absl main: argv[1:] are the image paths."""
-    from absl import flags
+    from absl import flags, logging
 
     from semantica_jax import encoder
 
+    # Keep stderr for notes and errors; Orbax logs every restore at INFO.
+    logging.set_verbosity(logging.WARNING)
     paths = argv[1:]
     if len(paths) < 2:
         print("error: give at least two images: similarity A B [C ...]", file=sys.stderr)
