@@ -129,8 +129,14 @@ def main() -> None:
         env = dict(os.environ)
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n} {args.xla_flags}".strip()
         env.setdefault("JAX_PLATFORMS", "cpu")
-        cmd = [sys.executable, __file__, "--child", f"--variant={args.variant}",
-               f"--steps={args.steps}", f"--warmup={args.warmup}"]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            f"--variant={args.variant}",
+            f"--steps={args.steps}",
+            f"--warmup={args.warmup}",
+        ]
         cmd += [f"--set={s}" for s in args.set]
         print(f"measuring {args.variant} on {n} device(s) ...", file=sys.stderr, flush=True)
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)

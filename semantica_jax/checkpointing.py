@@ -91,9 +91,7 @@ def restore_pytree(directory: str | os.PathLike, target: Any = None) -> Any:
     """
     path = _abspath(directory)
     if not os.path.isdir(path):
-        raise FileNotFoundError(
-            f"no checkpoint at {path}; train/save it first or fix the path"
-        )
+        raise FileNotFoundError(f"no checkpoint at {path}; train/save it first or fix the path")
     checkpointer = _local_checkpointer()
     try:
         if target is None:

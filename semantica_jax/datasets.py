@@ -83,7 +83,9 @@ def make_train_pipeline(
     Writes the pair-similarity histogram (PNG + JSON) to `workdir` on process 0.
     """
     pairs, report = episodes.build_pairs(data.cls, data.labels, config.episodes, config.seed)
-    logging.info("pairs: %s", {k: v for k, v in report.items() if not isinstance(v, list | np.ndarray)})
+    logging.info(
+        "pairs: %s", {k: v for k, v in report.items() if not isinstance(v, list | np.ndarray)}
+    )
     if len(pairs) == 0:
         raise ValueError(
             "no training pairs left after filtering; widen config.episodes.low/high or set "

@@ -34,7 +34,9 @@ class Generator:
         self.config, self.data, self.mesh = config, data, mesh
         self.params = jax.device_put(params, parallel.replicated(mesh))
         self.fn = generate.make_variation_fn(config)
-        self.batch_size = parallel.check_batch_size(int(config.eval.batch_size), mesh, "eval.batch_size")
+        self.batch_size = parallel.check_batch_size(
+            int(config.eval.batch_size), mesh, "eval.batch_size"
+        )
 
     def __call__(self, cond_indices: np.ndarray, guidance: float, rng: jax.Array) -> np.ndarray:
         """Samples one variation per entry of `cond_indices` -> float32 [M,H,W,C] in [-1,1]."""
@@ -54,16 +56,38 @@ class Generator:
             rate = done / (time.perf_counter() - start)
             logging.info(
                 "sampling w=%.2f: %d/%d images, %.1f images/s, ETA %.0f s",
-                guidance, done, total, rate, (total - done) / rate,
+                guidance,
+                done,
+                total,
+                rate,
+                (total - done) / rate,
             )
         return np.concatenate(out)
 
 
-def _eval_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """N test indices, drawn once from a seed (sorted for readability)."""
-    if n > len(labels):
-        raise ValueError(f"config.eval.num_images={n} exceeds the {len(labels)} test images")
-    return np.sort(np.random.default_rng(seed).choice(len(labels), n, replace=False))
+def balanced_subset(labels: np.ndarray, n: int, seed: int, field: str) -> np.ndarray:
+    """n indices with n / C of each of the C classes (sorted), drawn once from a seed.
+
+    Balanced sets make the one-shot protocol (one conditioning image per class, N/C samples
+    each) well defined at any N that is a multiple of C.
+    """
+    classes = np.unique(labels)
+    per, rem = divmod(n, len(classes))
+    if rem or per == 0:
+        raise ValueError(
+            f"config.{field}={n} must be a positive multiple of the {len(classes)} classes"
+        )
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in classes:
+        members = np.flatnonzero(labels == c)
+        if len(members) < per:
+            raise ValueError(
+                f"config.{field}={n} needs {per} images of class {c}; the split has "
+                f"{len(members)}. Lower config.{field}."
+            )
+        picked.append(rng.choice(members, per, replace=False))
+    return np.sort(np.concatenate(picked))
 
 
 def _protocol(
@@ -83,7 +107,7 @@ def _protocol(
     per = fewshot.samples_per_conditioning(n, k)
     cond_pos = np.arange(n) if k == n else fewshot.select_conditioning(labels, k, seed)
     samples = gen(subset[np.repeat(cond_pos, per)], guidance, rng)
-    feats = fewshot.batched_features(feature_fn, samples)
+    feats = fewshot.compute_features(feature_fn, samples)
     m = fewshot.kshot_metrics(real_feats, feats, pr_k=pr_k)
     m.update(k=int(k), num_per_cond=int(per), num_images=int(n), guidance=float(guidance))
     return m, cond_pos, samples, feats
@@ -100,18 +124,15 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
     feature_fn = features.feature_fn(feat_bundle)
 
     n = int(config.eval.num_images)
-    subset = _eval_subset(test.labels, n, config.seed)
+    subset = balanced_subset(test.labels, n, config.seed, "eval.num_images")
     labels = test.labels[subset]
     real = generate.to_model_range(test.images[subset])
-    real_feats = fewshot.batched_features(feature_fn, real)
+    real_feats = fewshot.compute_features(feature_fn, real)
     rest = np.setdiff1d(np.arange(len(test.labels)), subset)
     floor_n = min(n, len(rest))
+    floor_feats = fewshot.compute_features(feature_fn, generate.to_model_range(test.images[rest]))
     floor = variation.real_floor(
-        real_feats,
-        floor_n,
-        config.seed,
-        other=fewshot.batched_features(feature_fn, generate.to_model_range(test.images[rest])),
-        pr_k=int(config.eval.pr_k),
+        real_feats, floor_n, config.seed, other=floor_feats, pr_k=int(config.eval.pr_k)
     )
 
     gen = Generator(config, params, test, mesh)
@@ -130,22 +151,39 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
     results["full_set"] = full
     for k in config.eval.kshot:
         m, cond_pos, samples, feats = _protocol(
-            gen, real_feats, subset, labels, int(k), w, jax.random.fold_in(rng, k),
-            feature_fn, config.seed, config.eval.pr_k,
+            gen,
+            real_feats,
+            subset,
+            labels,
+            int(k),
+            w,
+            jax.random.fold_in(rng, k),
+            feature_fn,
+            config.seed,
+            config.eval.pr_k,
         )
         per = m["num_per_cond"]
         cond_feats = real_feats[cond_pos]
         cond_cls = test.cls[subset[cond_pos]]
         sample_cls = np.asarray(encoder.encode(bundle, samples)[1])
-        m["alignment_encoder"] = variation.alignment(cond_cls, sample_cls.reshape(len(cond_pos), per, -1))
-        m["alignment_features"] = variation.alignment(cond_feats, feats.reshape(len(cond_pos), per, -1))
+        m["alignment_encoder"] = variation.alignment(
+            cond_cls, sample_cls.reshape(len(cond_pos), per, -1)
+        )
+        m["alignment_features"] = variation.alignment(
+            cond_feats, feats.reshape(len(cond_pos), per, -1)
+        )
         m["diversity"] = variation.diversity(feats.reshape(len(cond_pos), per, -1))
         m["class_consistency"] = float(
             np.mean(features.classify(feat_bundle, samples) == np.repeat(labels[cond_pos], per))
         )
         results[f"{k}_shot"] = m
+    n_sweep = int(config.eval.sweep_num_images)
+    sweep_pos = balanced_subset(labels, n_sweep, config.seed + 1, "eval.sweep_num_images")
     results["guidance_sweep"] = guidance_sweep(
-        config, gen, real_feats, subset, labels, feature_fn, rng
+        config, gen, real_feats[sweep_pos], subset[sweep_pos], labels[sweep_pos], feature_fn, rng
+    )
+    results["real_floor_sweep"] = variation.real_floor(
+        real_feats[sweep_pos], n_sweep, config.seed, other=floor_feats, pr_k=config.eval.pr_k
     )
     results["eval_seconds"] = time.perf_counter() - t0
     _write_outputs(config, workdir, step, results)
@@ -159,12 +197,28 @@ def guidance_sweep(config, gen, real_feats, subset, labels, feature_fn, rng) -> 
     for i, w in enumerate(config.eval.guidance_sweep):
         r = jax.random.fold_in(rng, 1000 + i)
         full, *_ = _protocol(
-            gen, real_feats, subset, labels, len(subset), float(w), r, feature_fn, config.seed,
+            gen,
+            real_feats,
+            subset,
+            labels,
+            len(subset),
+            float(w),
+            r,
+            feature_fn,
+            config.seed,
             config.eval.pr_k,
         )
         one, *_ = _protocol(
-            gen, real_feats, subset, labels, num_classes, float(w), jax.random.fold_in(r, 1),
-            feature_fn, config.seed, config.eval.pr_k,
+            gen,
+            real_feats,
+            subset,
+            labels,
+            num_classes,
+            float(w),
+            jax.random.fold_in(r, 1),
+            feature_fn,
+            config.seed,
+            config.eval.pr_k,
         )
         rows.append(
             {

@@ -12,7 +12,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/mnist.py or configs/mnist.py:tiny.",
+    "config",
+    None,
+    "Config file, e.g. configs/mnist.py or configs/mnist.py:tiny.",
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
@@ -25,7 +27,7 @@ def quiet_library_logs() -> None:
 
     def keep(record) -> bool:
         own = "semantica_jax" in record.pathname or "/clu/" in record.pathname
-        return own or record.levelno >= logging.WARNING
+        return own or record.levelno >= 30  # Python's WARNING (absl's constants differ)
 
     logging.get_absl_handler().addFilter(keep)
 

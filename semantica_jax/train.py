@@ -20,8 +20,13 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
 from semantica_jax import checkpointing, datasets, generate, image_io, parallel
-from semantica_jax.train_step import StepConfig, TrainState, learning_rate_schedule
-from semantica_jax.train_step import make_optimizer, train_step
+from semantica_jax.train_step import (
+    StepConfig,
+    TrainState,
+    learning_rate_schedule,
+    make_optimizer,
+    train_step,
+)
 
 
 class NonFiniteError(RuntimeError):
@@ -42,7 +47,9 @@ def validate_config(config) -> None:
         if value <= 0:
             raise ValueError(f"config.{name}={value} must be positive")
     if config.train.eval_every < 0:
-        raise ValueError(f"config.train.eval_every={config.train.eval_every} must be >= 0 (0: never)")
+        raise ValueError(
+            f"config.train.eval_every={config.train.eval_every} must be >= 0 (0: never)"
+        )
     if not 0.0 <= config.diffusion.p_uncond < 1.0:
         raise ValueError(f"config.diffusion.p_uncond={config.diffusion.p_uncond} must be in [0,1)")
     if not 0.0 <= config.train.ema_decay < 1.0:
@@ -301,7 +308,13 @@ def train_and_evaluate(config, workdir: str) -> tuple[TrainState, dict[str, Any]
             every = config.train.eval_every
             if every and (step % every == 0 or step == num_steps):
                 summary["last_sample_grid"] = _write_samples(
-                    config, workdir, writer, step, variation_fn, state.ema_params, grid_cond,
+                    config,
+                    workdir,
+                    writer,
+                    step,
+                    variation_fn,
+                    state.ema_params,
+                    grid_cond,
                     jax.random.fold_in(sample_rng, step),
                 )
             preempted = parallel.any_process(preemption.requested)

@@ -161,7 +161,9 @@ def train_step(
     # Warm-up of the EMA decay so short runs are not dominated by the initial weights.
     decay = jnp.minimum(hp.ema_decay, (1.0 + state.step) / (10.0 + state.step))
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-    new_state = state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
+    new_state = state.replace(
+        step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state
+    )
 
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)

@@ -30,15 +30,24 @@ def _env(devices: int) -> dict[str, str]:
 
 def _main_args(workdir, cache, *overrides) -> list[str]:
     return [
-        sys.executable, "-m", "semantica_jax.main", "--config=configs/mnist.py:tiny",
-        f"--workdir={workdir}", f"--config.cache_dir={cache}", *overrides,
+        sys.executable,
+        "-m",
+        "semantica_jax.main",
+        "--config=configs/mnist.py:tiny",
+        f"--workdir={workdir}",
+        f"--config.cache_dir={cache}",
+        *overrides,
     ]
 
 
 def run_main(workdir, cache, *overrides, devices=1, check=True) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        _main_args(workdir, cache, *overrides), cwd=ROOT, env=_env(devices),
-        capture_output=True, text=True, timeout=600,
+        _main_args(workdir, cache, *overrides),
+        cwd=ROOT,
+        env=_env(devices),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -55,8 +64,10 @@ def restore(workdir, item="params", step=None):
 def _flatten(tree):
     import jax
 
-    return [(tuple(getattr(p, "key", p) for p in path), leaf)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    return [
+        (tuple(getattr(p, "key", p) for p in path), leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    ]
 
 
 def event_tags(workdir) -> dict[str, list[int]]:
@@ -139,8 +150,12 @@ def _wait_for_checkpoint(workdir, proc, min_step=10, timeout=300):
 def test_interrupted_run_resumes_exactly(sig, reference_run, session_cache, tmp_path):
     workdir = str(tmp_path)
     proc = subprocess.Popen(
-        _main_args(workdir, session_cache, *RESUME_OVERRIDES), cwd=ROOT, env=_env(1),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        _main_args(workdir, session_cache, *RESUME_OVERRIDES),
+        cwd=ROOT,
+        env=_env(1),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     _wait_for_checkpoint(workdir, proc)
     proc.send_signal(sig)
@@ -193,11 +208,21 @@ def test_eight_devices_match_one(tiny_run, session_cache, tmp_path):
 def test_two_processes_match_one(tiny_run, session_cache, tmp_path):
     workdir = str(tmp_path / "run")
     proc = subprocess.run(
-        ["bash", "launch/local_multihost.sh", "2", "2", "--",
-         "--config=configs/mnist.py:tiny", f"--workdir={workdir}",
-         f"--config.cache_dir={session_cache}"],
-        cwd=ROOT, env={**_env(2), "PYTHON": sys.executable, "WORKLOG_DIR": str(tmp_path)},
-        capture_output=True, text=True, timeout=600,
+        [
+            "bash",
+            "launch/local_multihost.sh",
+            "2",
+            "2",
+            "--",
+            "--config=configs/mnist.py:tiny",
+            f"--workdir={workdir}",
+            f"--config.cache_dir={session_cache}",
+        ],
+        cwd=ROOT,
+        env={**_env(2), "PYTHON": sys.executable, "WORKLOG_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.load(open(os.path.join(workdir, "summary.json")))
