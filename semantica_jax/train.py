@@ -281,32 +281,36 @@ def train_and_evaluate(config, workdir: str) -> tuple[TrainState, dict[str, Any]
     }
     last_metrics: dict[str, float] = {}
     accum: list[dict[str, jax.Array]] = []
+    pending: list[tuple[int, dict[str, jax.Array]]] = []
     t_log = time.perf_counter()
     step = start_step
     with jax.set_mesh(mesh), _Preemption() as preemption, pipe:
         while step < num_steps:
             batch = parallel.global_batch(_model_inputs(next(pipe)), mesh)
             state, metrics = jit_step(state, batch, encoder_params)
-            if not bool(jax.device_get(metrics["finite"])):
-                raise NonFiniteError(
-                    f"non-finite loss or gradient norm at step {step + 1} "
-                    f"(loss={float(metrics['loss'])}, grad_norm={float(metrics['grad_norm'])}); "
-                    "the run stopped and the broken state was not checkpointed. Lower "
-                    "config.train.learning_rate or enable config.train.grad_clip."
-                )
             step += 1
             accum.append(metrics)
+            pending.append((step, metrics))
             for hook in hooks:
                 hook(step)
-            if step % config.train.log_every == 0 or step == num_steps:
+            every = config.train.eval_every
+            preempted = parallel.any_process(preemption.requested)
+            log_now = step % config.train.log_every == 0 or step == num_steps
+            sample_now = bool(every) and (step % every == 0 or step == num_steps)
+            save_now = step % config.train.checkpoint_every == 0 or step == num_steps or preempted
+            if log_now or sample_now or save_now:
+                # Checked in arrears so the host never waits on every step; a non-finite
+                # step leaves the state untouched (see train_step), so nothing broken is kept.
+                _raise_if_not_finite(pending)
+                pending = []
+            if log_now:
                 scalars = _mean_scalars(accum)
                 elapsed = time.perf_counter() - t_log
                 scalars["images_per_sec"] = len(accum) * config.train.batch_size / elapsed
                 scalars["lr"] = float(lr_fn(step - 1))
                 writer.write_scalars(step, scalars)
                 last_metrics, accum, t_log = scalars, [], time.perf_counter()
-            every = config.train.eval_every
-            if every and (step % every == 0 or step == num_steps):
+            if sample_now:
                 summary["last_sample_grid"] = _write_samples(
                     config,
                     workdir,
@@ -317,8 +321,7 @@ def train_and_evaluate(config, workdir: str) -> tuple[TrainState, dict[str, Any]
                     grid_cond,
                     jax.random.fold_in(sample_rng, step),
                 )
-            preempted = parallel.any_process(preemption.requested)
-            if step % config.train.checkpoint_every == 0 or step == num_steps or preempted:
+            if save_now:
                 ckpt.save(step, state, pipe.state())
             if preempted:
                 summary["preempted"] = True
@@ -331,6 +334,19 @@ def train_and_evaluate(config, workdir: str) -> tuple[TrainState, dict[str, Any]
     if jax.process_index() == 0:
         _write_json(summary_path, summary)
     return state, summary
+
+
+def _raise_if_not_finite(pending: list[tuple[int, dict[str, jax.Array]]]) -> None:
+    """Raises NonFiniteError naming the first step whose loss or gradient norm was NaN/Inf."""
+    flags = jax.device_get([m["finite"] for _, m in pending])
+    for (step, metrics), finite in zip(pending, flags, strict=True):
+        if not bool(finite):
+            loss, grad_norm = (float(metrics[k]) for k in ("loss", "grad_norm"))
+            raise NonFiniteError(
+                f"non-finite loss or gradient norm at step {step} (loss={loss}, "
+                f"grad_norm={grad_norm}); the run stopped and that state was not kept or "
+                "checkpointed. Lower config.train.learning_rate or enable config.train.grad_clip."
+            )
 
 
 def _model_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
