@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs.mnist import get_config  # noqa: E402
+from semantica_jax import atomic_files  # noqa: E402
 from semantica_jax.data import episodes, pipeline  # noqa: E402
 
 
@@ -141,12 +142,9 @@ def main() -> None:
     text = json.dumps(out, indent=2)
     print(text)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        path = os.path.join(args.out, "pipeline_throughput.json")
-        fd, tmp = tempfile.mkstemp(dir=args.out, prefix=".tmp_pipeline_")
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)  # atomic: a reader never sees half a file
+        path = atomic_files.write_text(
+            os.path.join(args.out, "pipeline_throughput.json"), text + "\n"
+        )
         print(f"wrote {path}")
 
 

@@ -152,11 +152,10 @@ def main() -> None:
         },
         "results": results,
     }
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "train_throughput.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(path + ".tmp", path)
+    sys.path.insert(0, ROOT)
+    from semantica_jax import atomic_files
+
+    path = atomic_files.write_json(os.path.join(args.out, "train_throughput.json"), report)
     print(f"wrote {path}")
 
 

@@ -148,6 +148,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     # --- parallelism --------------------------------------------------------------------
     c.mesh = ml_collections.ConfigDict()
     c.mesh.fsdp = 1  # size of the fsdp axis (parameters sharded); data = devices / fsdp
+    c.mesh.fsdp_min_size = 2**14  # arrays with fewer elements stay replicated
 
     # --- evaluation ---------------------------------------------------------------------
     c.eval = ml_collections.ConfigDict()

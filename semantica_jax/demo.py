@@ -9,6 +9,7 @@ import os
 
 from absl import app, flags, logging
 
+from semantica_jax import cli
 from semantica_jax import main as main_lib
 
 _CONFIG = main_lib._CONFIG
@@ -17,7 +18,7 @@ _WORKDIR = main_lib._WORKDIR
 
 def demo(argv) -> None:
     del argv
-    main_lib.quiet_library_logs()
+    cli.quiet_library_logs()
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")
@@ -41,4 +42,4 @@ def demo(argv) -> None:
 
 if __name__ == "__main__":
     flags.FLAGS.set_default("mode", "train")
-    app.run(demo, flags_parser=main_lib._parse_flags)
+    app.run(demo, flags_parser=cli.parse_flags_or_exit)

@@ -345,29 +345,24 @@ def _define_flags():
 
 def run(argv: list[str] | None = None) -> None:
     """Entry point of `python -m semantica_jax.denoise`."""
-    from absl import flags
+    from semantica_jax import cli
 
-    from semantica_jax.sample import exit_on_tool_error, parse_flags, quiet_logs
-
-    f = _define_flags()
-    flags.mark_flags_as_required(["workdir", "image"])
-    parse_flags(sys.argv if argv is None else argv)
-    quiet_logs()
+    f = cli.start_tool(_define_flags, ["workdir", "image"], argv)
     start = time.perf_counter()
-    out, metrics = exit_on_tool_error(
-        denoise_image,
-        f["workdir"].value,
-        f["image"].value,
-        f["out"].value,
-        noise_std=f["noise"].value,
-        noisy=f["noisy"].value,
-        condition=f["condition"].value,
-        seed=f["seed"].value,
-        steps=f["steps"].value,
-        kind=f["kind"].value,
-        cache_dir=f["cache_dir"].value,
-        scale=f["scale"].value,
-    )
+    with cli.one_line_errors(ToolError, FileNotFoundError):
+        out, metrics = denoise_image(
+            f["workdir"],
+            f["image"],
+            f["out"],
+            noise_std=f["noise"],
+            noisy=f["noisy"],
+            condition=f["condition"],
+            seed=f["seed"],
+            steps=f["steps"],
+            kind=f["kind"],
+            cache_dir=f["cache_dir"],
+            scale=f["scale"],
+        )
     if "mse_restored" in metrics:
         print(
             f"MSE vs clean ([-1, 1] range): noisy {metrics['mse_noisy']:.4f}, "

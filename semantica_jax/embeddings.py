@@ -27,7 +27,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from semantica_jax import encoder
+from semantica_jax import atomic_files, encoder
 from semantica_jax.encoder import EncoderBundle, Log, log_stderr
 
 CACHE_FORMAT = 1
@@ -95,15 +95,15 @@ def _build(
 ) -> None:
     """Encodes all images into a temp dir, then renames it to `directory` (replacing it)."""
     parent, name = os.path.split(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-    os.makedirs(tmp)
+    tmp = atomic_files.temp_dir_beside(directory)
     try:
         num = len(images)
         num_tokens = (bundle.model.image_size // bundle.model.patch_size) ** 2
         width = bundle.model.width
         tokens = np.lib.format.open_memmap(
-            os.path.join(tmp, "tokens.npy"), mode="w+", dtype=np.float16,
+            os.path.join(tmp, "tokens.npy"),
+            mode="w+",
+            dtype=np.float16,
             shape=(num, num_tokens, width),
         )
         cls = np.zeros((num, width), np.float32)
@@ -131,8 +131,7 @@ def _build(
             },
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        with open(os.path.join(tmp, _MANIFEST), "w") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
+        atomic_files.write_json(os.path.join(tmp, _MANIFEST), manifest, sort_keys=True)
         old = None
         if os.path.exists(directory):
             # Move the stale cache aside first: rename cannot replace a non-empty directory.

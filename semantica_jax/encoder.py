@@ -25,7 +25,6 @@ import os
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -36,7 +35,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from semantica_jax import checkpointing
+from semantica_jax import atomic_files, checkpointing
 from semantica_jax import encoder_objectives as objectives
 from semantica_jax.models.vit import ViTConfig, ViTEncoder, init_and_embed
 
@@ -270,8 +269,9 @@ def train_encoder(
     root = jax.random.key(seed)
     params = init_params(model, jax.random.fold_in(root, 0))
     tx = make_optimizer(cfg_encoder)
-    state = EncoderTrainState(step=jnp.zeros((), jnp.int32), params=params,
-                              opt_state=tx.init(params))
+    state = EncoderTrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)
+    )
     index = objectives.build_class_index(labels) if objective.kind == "contrastive" else None
     step_fn = jax.jit(
         functools.partial(train_step, model=model, tx=tx, objective=objective),
@@ -337,22 +337,17 @@ def save_encoder(directory: str, vit: ViTConfig, params: Any, meta: dict) -> Enc
     directory = os.path.abspath(directory)
     if os.path.exists(directory):
         raise FileExistsError(f"encoder directory {directory} already exists")
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(directory)}.tmp-{uuid.uuid4().hex[:8]}")
     params_hash = hash_params(params)
+    tmp = atomic_files.temp_dir_beside(directory)
     try:
         checkpointing.save_pytree(os.path.join(tmp, "params"), params)
         manifest = dict(meta, vit=dataclasses.asdict(vit), params_hash=params_hash)
-        with open(os.path.join(tmp, "encoder.json"), "w") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True, default=list)
-        try:
-            os.rename(tmp, directory)
-        except OSError as err:
-            # Renaming onto a non-empty dir fails (ENOTEMPTY): another process won the race.
-            if os.path.exists(directory):
-                raise FileExistsError(f"encoder directory {directory} already exists") from err
-            raise
+        atomic_files.write_json(
+            os.path.join(tmp, "encoder.json"), manifest, sort_keys=True, default=list
+        )
+        if not atomic_files.publish_dir(tmp, directory):
+            # Another process won the race; its encoder may differ from ours.
+            raise FileExistsError(f"encoder directory {directory} already exists")
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -427,8 +422,12 @@ def train_and_save(
     """Trains with `config` on the given arrays and saves into `directory` (atomic)."""
     vit = ViTConfig.from_config(config.encoder, config.data.image_size, config.data.channels)
     _, params, summary = train_encoder(
-        vit, config.encoder, images, labels if config.encoder.objective == "contrastive" else None,
-        seed=int(config.seed), log=log,
+        vit,
+        config.encoder,
+        images,
+        labels if config.encoder.objective == "contrastive" else None,
+        seed=int(config.seed),
+        log=log,
     )
     meta = {"key": encoder_key(config), "identity": encoder_identity(config), "train": summary}
     return save_encoder(directory, vit, params, meta)

@@ -16,14 +16,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
-import uuid
 
 import ml_collections
 import numpy as np
 
-from semantica_jax import encoder
+from semantica_jax import atomic_files, encoder
 from semantica_jax.encoder import EncoderBundle, Log, log_stderr
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -35,7 +33,10 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def knn_predict(
-    gallery: np.ndarray, gallery_labels: np.ndarray, queries: np.ndarray, k: int = 5,
+    gallery: np.ndarray,
+    gallery_labels: np.ndarray,
+    queries: np.ndarray,
+    k: int = 5,
     block: int = 1024,
 ) -> np.ndarray:
     """k-NN class prediction by cosine similarity, majority vote, ties by summed cosine.
@@ -67,8 +68,11 @@ def knn_predict(
 
 
 def knn_accuracy(
-    gallery: np.ndarray, gallery_labels: np.ndarray, queries: np.ndarray,
-    query_labels: np.ndarray, k: int = 5,
+    gallery: np.ndarray,
+    gallery_labels: np.ndarray,
+    queries: np.ndarray,
+    query_labels: np.ndarray,
+    k: int = 5,
 ) -> float:
     """Fraction of queries whose k-NN prediction equals their label."""
     preds = knn_predict(gallery, gallery_labels, queries, k)
@@ -155,31 +159,7 @@ def save_cosine_histogram(same_cos: np.ndarray, diff_cos: np.ndarray, path: str)
     ax.set_ylabel("density")
     ax.legend()
     fig.tight_layout()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=directory)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json(path: str, obj: dict) -> None:
-    """Writes JSON atomically (temp file in the same dir, then os.replace)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=list)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_files.save_figure(fig, path, format="png")
 
 
 def evaluate_encoder(
@@ -202,8 +182,10 @@ def evaluate_encoder(
     _, gallery_cls = encoder.encode(bundle, gallery_images, with_tokens=False)
     _, query_cls = encoder.encode(bundle, query_images, with_tokens=False)
     encode_seconds = time.perf_counter() - start
-    log(f"encoder eval: encoded {len(gallery_cls) + len(query_cls)} images in "
-        f"{encode_seconds:.1f} s")
+    log(
+        f"encoder eval: encoded {len(gallery_cls) + len(query_cls)} images in "
+        f"{encode_seconds:.1f} s"
+    )
     accuracy = knn_accuracy(gallery_cls, gallery_labels, query_cls, query_labels, k)
     dists, same_cos, diff_cos = cosine_distributions(query_cls, query_labels, seed=seed)
     report = {
@@ -222,32 +204,38 @@ def _install_in_cache(source: str, config: ml_collections.ConfigDict, log: Log) 
     target = os.path.join(os.path.abspath(config.cache_dir), "encoder", encoder.encoder_key(config))
     if os.path.exists(target):
         return
-    tmp = f"{os.path.dirname(target)}/.{os.path.basename(target)}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = ""
     try:
-        shutil.copytree(source, tmp)
-        os.rename(tmp, target)
-        log(f"encoder: installed in cache {target}")
+        tmp = atomic_files.temp_dir_beside(target)
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        if atomic_files.publish_dir(tmp, target):
+            log(f"encoder: installed in cache {target}")
     except OSError:
         pass  # another process installed it first
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_encoder_job(
-    config: ml_collections.ConfigDict, workdir: str, log: Log = log_stderr
-) -> dict:
+def run_encoder_job(config: ml_collections.ConfigDict, workdir: str, log: Log = log_stderr) -> dict:
     """Trains (or reuses WORKDIR/encoder) and evaluates; returns the evaluation report."""
     from semantica_jax.data import mnist as mnist_data
 
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    atomic_files.write_json(
+        os.path.join(workdir, "config.json"), config.to_dict(), sort_keys=True, default=list
+    )
     data_dir = mnist_data.resolve_data_dir(config)
 
     def split(name):
         return mnist_data.load_split(
-            config.data.dataset, name, data_dir, config.data.image_size,
-            config.data.channels, config.data.max_examples,
+            config.data.dataset,
+            name,
+            data_dir,
+            config.data.image_size,
+            config.data.channels,
+            config.data.max_examples,
         )
 
     train_images, train_labels = split(config.data.train_split)
@@ -268,7 +256,9 @@ def run_encoder_job(
     with open(os.path.join(enc_dir, "encoder.json")) as f:
         report["train"] = json.load(f).get("train", {})
     report.update(key=bundle.key, params_hash=bundle.params_hash, encoder_dir=enc_dir)
-    write_json(os.path.join(workdir, "encoder_eval.json"), report)
+    atomic_files.write_json(
+        os.path.join(workdir, "encoder_eval.json"), report, sort_keys=True, default=list
+    )
     save_cosine_histogram(same_cos, diff_cos, os.path.join(workdir, "encoder_cosine_hist.png"))
     cos = report["cosine"]
     accuracy = report[f"knn{report['k']}_accuracy"]

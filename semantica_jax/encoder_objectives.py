@@ -152,9 +152,10 @@ def in_batch_contrastive_loss(
     pos_loss = 0.5 * dist2
     neg_loss = 0.5 * jnp.square(jnp.maximum(0.0, margin - dist))
     num_pos, num_neg = jnp.maximum(jnp.sum(pos), 1), jnp.maximum(jnp.sum(neg), 1)
-    loss = 0.5 * jnp.sum(jnp.where(pos, pos_loss, 0.0)) / num_pos + 0.5 * jnp.sum(
-        jnp.where(neg, neg_loss, 0.0)
-    ) / num_neg
+    loss = (
+        0.5 * jnp.sum(jnp.where(pos, pos_loss, 0.0)) / num_pos
+        + 0.5 * jnp.sum(jnp.where(neg, neg_loss, 0.0)) / num_neg
+    )
     metrics = {
         "cos_same": jnp.sum(jnp.where(pos, gram, 0.0)) / num_pos,
         "cos_diff": jnp.sum(jnp.where(neg, gram, 0.0)) / num_neg,

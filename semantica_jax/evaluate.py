@@ -12,7 +12,6 @@ scalars. Every figure carries its N. Metrics (METHODS §5):
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from semantica_jax import checkpointing, datasets, encoder, generate, parallel
+from semantica_jax import atomic_files, checkpointing, datasets, encoder, generate, parallel
 from semantica_jax.metrics import features, fewshot, variation
 
 
@@ -241,8 +240,9 @@ def _write_outputs(config, workdir: str, step: int, results: dict[str, Any]) -> 
         return
     out = os.path.join(workdir, "eval")
     os.makedirs(out, exist_ok=True)
-    _atomic_json(os.path.join(out, "metrics.json"), results)
-    _atomic_json(os.path.join(out, "guidance_sweep.json"), results["guidance_sweep"])
+    atomic_files.write_json(os.path.join(out, "metrics.json"), results, default=float)
+    sweep = results["guidance_sweep"]
+    atomic_files.write_json(os.path.join(out, "guidance_sweep.json"), sweep, default=float)
     plot_guidance_sweep(results["guidance_sweep"], os.path.join(out, "guidance_sweep.png"))
     writer = metric_writers.create_default_writer(os.path.join(out, "tb"), asynchronous=False)
     scalars = {f"eval/real_floor/{k}": v for k, v in results["real_floor"].items()}
@@ -274,14 +274,4 @@ def plot_guidance_sweep(rows: list[dict], path: str) -> None:
     ax2.legend()
     fig.suptitle(f"guidance sweep (N = {rows[0]['num_images']})")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _atomic_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=float)
-    os.replace(tmp, path)
+    atomic_files.save_figure(fig, path, dpi=100)

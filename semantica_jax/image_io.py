@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from semantica_jax import atomic_files
 
 
 class ImageReadError(ValueError):
@@ -146,17 +147,7 @@ def save_png(image: np.ndarray, path: str) -> str:
     """Writes one uint8 [H, W, C] image as PNG atomically (temp file, then rename)."""
     image = np.asarray(image, np.uint8)
     pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=directory)
-    os.close(fd)
-    try:
-        pil.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_files.write_bytes_atomic(path, lambda f: pil.save(f, format="PNG"))
 
 
 def save_grid(

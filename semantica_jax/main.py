@@ -6,10 +6,11 @@ Override any field with --config.<field>=<value>, e.g. --config.train.num_steps=
 """
 
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from semantica_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -22,20 +23,10 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def quiet_library_logs() -> None:
-    """Keeps INFO lines of our code and clu (progress, ETA); libraries speak from WARNING up."""
-
-    def keep(record) -> bool:
-        own = "semantica_jax" in record.pathname or "/clu/" in record.pathname
-        return own or record.levelno >= 30  # Python's WARNING (absl's constants differ)
-
-    logging.get_absl_handler().addFilter(keep)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    quiet_library_logs()
+    cli.quiet_library_logs()
     # TensorFlow only feeds data and writes summaries: keep it off any accelerator.
     import tensorflow as tf
 
@@ -58,30 +49,16 @@ def main(argv):
             evaluate.evaluate(config, workdir)
     except (ValueError, FileNotFoundError) as e:
         # Bad configs and missing inputs: one clear line, no traceback.
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl parsing, but a bad flag or override is one line naming it, and exit code 2."""
-    try:
-        return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-        reason = str(e).strip().splitlines()[-1]
-        if isinstance(e, AttributeError | KeyError):
-            reason = reason.strip("\"'")
-        culprit = next((a for a in argv[1:] if reason and reason in a), None)
-        if culprit and culprit.startswith("--config."):
-            field = culprit.split("=", 1)[0][len("--config.") :]
-            print(f"error: bad override {culprit}: no config field {field!r}", file=sys.stderr)
-        else:
-            print(f"error: {reason}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(str(e))
+    except RuntimeError as e:
+        if type(e).__name__ != "NonFiniteError":
+            raise
+        cli.fail(str(e), code=1)
 
 
 def run() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=cli.parse_flags_or_exit)
 
 
 if __name__ == "__main__":

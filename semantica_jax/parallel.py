@@ -74,9 +74,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def _param_spec(shape: tuple[int, ...], fsdp: int) -> P:
+def _param_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> P:
     """Shards the largest dimension divisible by `fsdp` over 'fsdp' (small arrays stay whole)."""
-    if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < 2**14:
+    if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
         return P()
     dims = sorted(range(len(shape)), key=lambda d: -shape[d])
     for d in dims:
@@ -87,10 +87,19 @@ def _param_spec(shape: tuple[int, ...], fsdp: int) -> P:
     return P()
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
-    """NamedShardings for a tree of `jax.ShapeDtypeStruct` (FSDP-aware)."""
+def state_shardings(abstract_state: Any, mesh: Mesh, min_size: int = 2**14) -> Any:
+    """NamedShardings for a tree of `jax.ShapeDtypeStruct` (FSDP-aware).
+
+    Args:
+      abstract_state: the state's shapes (from `jax.eval_shape`).
+      mesh: the ('data', 'fsdp') mesh.
+      min_size: arrays with fewer elements stay replicated (sharding them costs more
+        communication than the memory it saves).
+    """
     fsdp = mesh.shape["fsdp"]
-    return jax.tree.map(lambda x: NamedSharding(mesh, _param_spec(x.shape, fsdp)), abstract_state)
+    return jax.tree.map(
+        lambda x: NamedSharding(mesh, _param_spec(x.shape, fsdp, min_size)), abstract_state
+    )
 
 
 def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -281,64 +281,25 @@ def _define_flags():
     )
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl parsing where a bad or missing flag is one `error:` line and exit code 2."""
-    from absl import flags
-
-    try:
-        rest = flags.FLAGS(argv)
-    except flags.Error as err:
-        print(f"error: {str(err).strip().splitlines()[-1]}", file=sys.stderr)
-        sys.exit(2)
-    if len(rest) > 1:
-        print(f"error: unexpected arguments: {' '.join(rest[1:])}", file=sys.stderr)
-        sys.exit(2)
-    return rest
-
-
-def quiet_logs() -> None:
-    """Library log lines (Orbax, absl) would bury the tool's own messages.
-
-    ERROR, not WARNING: restoring one item of a training checkpoint makes Orbax warn about
-    a metadata file that only the full CheckpointManager restore writes/reads.
-    """
-    from absl import logging
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.set_verbosity(logging.ERROR)
-
-
-def exit_on_tool_error(fn, *args, **kwargs):
-    """Runs `fn`; a ToolError becomes one `error:` line on stderr and exit code 2."""
-    try:
-        return fn(*args, **kwargs)
-    except (ToolError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
 def run(argv: list[str] | None = None) -> None:
     """Entry point of `python -m semantica_jax.sample`."""
-    f = _define_flags()
-    from absl import flags
+    from semantica_jax import cli
 
-    flags.mark_flags_as_required(["workdir", "image"])
-    parse_flags(sys.argv if argv is None else argv)
-    quiet_logs()
+    f = cli.start_tool(_define_flags, ["workdir", "image"], argv)
     start = time.perf_counter()
-    out = exit_on_tool_error(
-        make_variations,
-        f["workdir"].value,
-        list(f["image"].value),
-        f["out"].value,
-        num=f["num"].value,
-        guidance=f["guidance"].value,
-        seed=f["seed"].value,
-        steps=f["steps"].value,
-        kind=f["kind"].value,
-        cache_dir=f["cache_dir"].value,
-        scale=f["scale"].value,
-    )
+    with cli.one_line_errors(ToolError, FileNotFoundError):
+        out = make_variations(
+            f["workdir"],
+            list(f["image"]),
+            f["out"],
+            num=f["num"],
+            guidance=f["guidance"],
+            seed=f["seed"],
+            steps=f["steps"],
+            kind=f["kind"],
+            cache_dir=f["cache_dir"],
+            scale=f["scale"],
+        )
     print(f"wrote {out} in {time.perf_counter() - start:.1f}s")
 
 

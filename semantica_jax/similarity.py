@@ -52,22 +52,20 @@ def read_inputs(paths: list[str], image_size: int, channels: int) -> np.ndarray:
 
 def main(argv: list[str]) -> None:
     """absl main: argv[1:] are the image paths."""
-    from absl import flags, logging
+    from absl import flags
 
-    from semantica_jax import encoder
+    from semantica_jax import cli, encoder
 
     # Keep stderr for notes and errors; Orbax logs every restore at INFO.
-    logging.set_verbosity(logging.WARNING)
+    cli.quiet_tool_logs("warning")
     paths = argv[1:]
     if len(paths) < 2:
-        print("error: give at least two images: similarity A B [C ...]", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+        cli.fail("give at least two images: similarity A B [C ...]", EXIT_BAD_INPUT)
     config = flags.FLAGS.config
     try:
         images = read_inputs(paths, config.data.image_size, config.data.channels)
     except image_io.ImageReadError as err:
-        print(f"error: cannot read image {err}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+        cli.fail(f"cannot read image {err}", EXIT_BAD_INPUT)
     bundle = encoder.load_or_train_encoder(config)
     matrix = encoder.similarity_matrix(bundle, images)
     if len(paths) == 2:
@@ -80,10 +78,12 @@ def run() -> None:
     from absl import app
     from ml_collections import config_flags
 
+    from semantica_jax import cli
+
     config_flags.DEFINE_config_file(
         "config", DEFAULT_CONFIG, "config whose encoder section/cache is used", lock_config=True
     )
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags_or_exit)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from semantica_jax import checkpointing, datasets, generate, image_io, parallel
+from semantica_jax import atomic_files, checkpointing, datasets, generate, image_io, parallel
 from semantica_jax.train_step import (
     StepConfig,
     TrainState,
@@ -60,12 +60,8 @@ def write_config_json(config, workdir: str) -> None:
     """The effective config, atomically, as WORKDIR/config.json (process 0)."""
     if jax.process_index() != 0:
         return
-    os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "config.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_files.write_text(path, config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def _model_apply(model):
@@ -120,7 +116,7 @@ def create_state(config, model, tx, example: dict[str, np.ndarray], mesh) -> tup
         )
 
     abstract = jax.eval_shape(init, rng)
-    shardings = parallel.state_shardings(abstract, mesh)
+    shardings = parallel.state_shardings(abstract, mesh, int(config.mesh.fsdp_min_size))
     state = jax.jit(init, out_shardings=shardings)(rng)
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
@@ -332,7 +328,7 @@ def train_and_evaluate(config, workdir: str) -> tuple[TrainState, dict[str, Any]
     writer.flush()
     summary.update(final_step=step, metrics=last_metrics)
     if jax.process_index() == 0:
-        _write_json(summary_path, summary)
+        atomic_files.write_json(summary_path, summary, default=str)
     return state, summary
 
 
@@ -371,10 +367,3 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)

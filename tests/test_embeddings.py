@@ -43,8 +43,7 @@ def encode_calls(monkeypatch):
 
 
 def _identity(bundle, images, dataset="mnist"):
-    return embeddings.cache_identity(bundle, images, dataset=dataset, split="train",
-                                     max_examples=0)
+    return embeddings.cache_identity(bundle, images, dataset=dataset, split="train", max_examples=0)
 
 
 def test_cache_values_reuse_and_staleness(tmp_path, encode_calls):
@@ -123,8 +122,9 @@ def test_failed_build_leaves_nothing_partial(tmp_path, monkeypatch):
 
     monkeypatch.setattr(encoder, "iter_encode", crash_after_first_batch)
     with pytest.raises(KeyboardInterrupt):
-        embeddings.cached_embeddings(directory, bundle, images, _identity(bundle, images),
-                                     batch_size=4)
+        embeddings.cached_embeddings(
+            directory, bundle, images, _identity(bundle, images), batch_size=4
+        )
     assert os.listdir(tmp_path) == []  # neither the final dir nor a temp dir
 
     # A failed rebuild keeps the previous complete cache intact.
@@ -133,12 +133,14 @@ def test_failed_build_leaves_nothing_partial(tmp_path, monkeypatch):
     monkeypatch.setattr(encoder, "iter_encode", crash_after_first_batch)
     other = tiny_bundle(1)
     with pytest.raises(KeyboardInterrupt):
-        embeddings.cached_embeddings(directory, other, images, _identity(other, images),
-                                     batch_size=4)
+        embeddings.cached_embeddings(
+            directory, other, images, _identity(other, images), batch_size=4
+        )
     assert os.listdir(tmp_path) == ["emb"]
     monkeypatch.setattr(encoder, "iter_encode", real)
-    _, cls_again = embeddings.cached_embeddings(directory, bundle, images,
-                                                _identity(bundle, images))
+    _, cls_again = embeddings.cached_embeddings(
+        directory, bundle, images, _identity(bundle, images)
+    )
     np.testing.assert_array_equal(cls_again, cls)
 
 
@@ -206,10 +208,20 @@ def test_save_grid_layout_and_atomic(tmp_path):
 
 
 def _run_cli(args, cwd):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "semantica_jax.similarity", *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=120)
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "semantica_jax.similarity", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_similarity_cli(tmp_path):
@@ -220,8 +232,11 @@ def test_similarity_cli(tmp_path):
         paths.append(str(tmp_path / f"img{i}.png"))
         Image.fromarray(image[..., 0]).resize((56, 56)).save(paths[-1])
     (tmp_path / "corrupt.png").write_bytes(b"garbage")
-    flags = [f"--config={ROOT}/configs/mnist.py:tiny", f"--config.cache_dir={tmp_path}",
-             f"--config.encoder.checkpoint={enc_dir}"]
+    flags = [
+        f"--config={ROOT}/configs/mnist.py:tiny",
+        f"--config.cache_dir={tmp_path}",
+        f"--config.encoder.checkpoint={enc_dir}",
+    ]
 
     bad = _run_cli([paths[0], str(tmp_path / "corrupt.png"), *flags], cwd=tmp_path)
     assert bad.returncode == 2

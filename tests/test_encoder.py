@@ -14,8 +14,9 @@ from semantica_jax import checkpointing, encoder, encoder_eval
 from semantica_jax import encoder_objectives as objectives
 from semantica_jax.models.vit import ViTConfig
 
-TINY = ViTConfig(image_size=28, channels=1, patch_size=4, width=16, depth=1, heads=2,
-                 mlp_ratio=2, embed_dim=8)
+TINY = ViTConfig(
+    image_size=28, channels=1, patch_size=4, width=16, depth=1, heads=2, mlp_ratio=2, embed_dim=8
+)
 
 
 def bars(num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -39,8 +40,7 @@ def bars(num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def tiny_encoder_cfg(**overrides) -> ml_collections.ConfigDict:
     cfg = mnist_config.get_config("tiny").encoder
     cfg.unlock()
-    cfg.update(dict(num_steps=40, batch_size=16, learning_rate=3e-3, warmup_steps=5,
-                    log_every=20))
+    cfg.update(dict(num_steps=40, batch_size=16, learning_rate=3e-3, warmup_steps=5, log_every=20))
     cfg.update(overrides)
     return cfg
 
@@ -147,8 +147,14 @@ def test_augment_keeps_range_and_shape_and_moves_pixels():
     out = np.asarray(objectives.augment(jax.random.key(0), jnp.asarray(x)))
     assert out.shape == x.shape and out.min() >= -1 and out.max() <= 1
     assert np.mean(np.abs(out - x)) > 0.05
-    zero = objectives.augment(jax.random.key(0), jnp.asarray(x), max_rotation_deg=0,
-                              max_log_scale=0, max_shift=0, noise_std=0)
+    zero = objectives.augment(
+        jax.random.key(0),
+        jnp.asarray(x),
+        max_rotation_deg=0,
+        max_log_scale=0,
+        max_shift=0,
+        noise_std=0,
+    )
     np.testing.assert_allclose(np.asarray(zero), x, atol=1e-5)  # identity warp is exact
 
 
@@ -171,7 +177,11 @@ def test_training_separates_two_classes(objective):
     gap0, acc0 = _gap_and_knn(before, test_x, test_y)
     cfg = tiny_encoder_cfg(objective=objective)
     model, params, summary = encoder.train_encoder(
-        TINY, cfg, train_x, train_y if objective == "contrastive" else None, seed=0,
+        TINY,
+        cfg,
+        train_x,
+        train_y if objective == "contrastive" else None,
+        seed=0,
         log=lambda _: None,
     )
     after = encoder.EncoderBundle(model, params, "", "", encoder.hash_params(params))

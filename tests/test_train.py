@@ -243,3 +243,68 @@ def test_bad_override_is_one_clear_line(override, devices, field, tmp_path):
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and field in lines[0], proc.stderr[-2000:]
+
+
+def test_non_finite_loss_stops_the_run_naming_the_step(session_cache, tmp_path):
+    # An absurd learning rate overflows the parameters within a few steps.
+    proc = run_main(
+        str(tmp_path),
+        session_cache,
+        "--config.train.learning_rate=1e38",
+        "--config.train.warmup_steps=1",
+        "--config.train.grad_clip=0",
+        "--config.train.checkpoint_every=1",
+        "--config.train.eval_every=0",
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    line = [x for x in proc.stderr.splitlines() if x.startswith("error:")][-1]
+    assert "non-finite" in line and "at step" in line
+    bad_step = int(line.split("at step ")[1].split()[0])
+    saved = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
+    # Checkpoints end before the broken step; everything saved is finite.
+    assert all(s < bad_step for s in saved)
+    if saved:
+        params, _ = restore(str(tmp_path), step=saved[-1])
+        assert all(np.all(np.isfinite(v)) for v in params.values())
+
+
+def test_resume_on_eight_devices_with_fsdp(tiny_run, session_cache, tmp_path):
+    """A 1-device checkpoint continues on 8 devices with parameters sharded over fsdp=2."""
+    import shutil
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(tiny_run, workdir)
+    os.remove(os.path.join(workdir, "summary.json"))
+    run_main(
+        workdir,
+        session_cache,
+        "--config.train.num_steps=8",
+        "--config.mesh.fsdp=2",
+        "--config.mesh.fsdp_min_size=0",
+        "--config.train.eval_every=0",
+        devices=8,
+    )
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    assert summary["start_step"] == 6 and summary["final_step"] == 8
+    assert summary["devices"] == 8 and np.isfinite(summary["metrics"]["loss"])
+    params, step = restore(workdir)
+    before, _ = restore(tiny_run)
+    assert step == 8 and any(not np.array_equal(params[k], before[k]) for k in params)
+
+
+def test_similarity_loss_is_added(session_cache, tmp_path):
+    run_main(
+        str(tmp_path),
+        session_cache,
+        "--config.train.sim_loss_weight=1.0",
+        "--config.train.num_steps=2",
+        "--config.train.log_every=1",
+        "--config.train.eval_every=0",
+    )
+    metrics = json.load(open(os.path.join(tmp_path, "summary.json")))["metrics"]
+    # total = diffusion + 1.0 * (1 - cos(f(x0), f(x0_hat))), and the cosine term is in (0, 2].
+    assert 0 < metrics["sim_loss"] <= 2
+    np.testing.assert_allclose(
+        metrics["loss"], metrics["diffusion_loss"] + metrics["sim_loss"], rtol=1e-5
+    )

@@ -17,13 +17,12 @@ Everything here is numpy on the host: it runs once before training.
 """
 
 import dataclasses
-import json
-import os
-import tempfile
 from typing import Any
 
 import ml_collections
 import numpy as np
+
+from semantica_jax import atomic_files
 
 EPISODE_KINDS = ("label", "kmeans", "pages", "self")
 FILTER_MODES = ("quantile", "absolute")
@@ -560,7 +559,7 @@ def save_similarity_report(
     ax.set_ylabel("pairs")
     ax.legend(loc="upper left")
     fig.tight_layout()
-    _atomic_write(png_path, lambda f: fig.savefig(f, format="png"), binary=True)
+    atomic_files.save_figure(fig, png_path, format="png")
 
     numbers = {
         **{k: v for k, v in report.items() if not isinstance(v, np.ndarray)},
@@ -568,18 +567,4 @@ def save_similarity_report(
         "high_cosine": high,
         "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
     }
-    _atomic_write(json_path, lambda f: json.dump(numbers, f, indent=2, sort_keys=True))
-
-
-def _atomic_write(path: str, write_fn: Any, binary: bool = False) -> None:
-    """Calls write_fn(file) on a temp file next to `path`, then renames it onto `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write_fn(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_files.write_json(json_path, numbers, sort_keys=True)

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +31,7 @@ import optax
 from absl import logging
 from flax.training.train_state import TrainState
 
-from semantica_jax import checkpointing
+from semantica_jax import atomic_files, checkpointing
 
 # Bump when the architecture or training code changes in a way that changes the network:
 # it is part of the cache key, so stale cached networks are not reused.
@@ -371,9 +370,7 @@ def save_feature_net(
 
     If another process finished the same network first, its copy is kept and ours dropped.
     """
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=parent)
+    tmp = atomic_files.temp_dir_beside(path)
     try:
         checkpointing.save_pytree(os.path.join(tmp, "params"), bundle.params)
         meta = {
@@ -383,13 +380,8 @@ def save_feature_net(
             "test_accuracy": bundle.test_accuracy,
             "version": _CODE_VERSION,
         }
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump(meta, f, indent=2)
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not os.path.isdir(path):
-                raise
+        atomic_files.write_json(os.path.join(tmp, "meta.json"), meta)
+        atomic_files.publish_dir(tmp, path)  # False: another process's equal copy stays
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
