@@ -31,7 +31,6 @@ def main(argv):
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")
-    tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices("TPU") else None
 
     from semantica_jax import parallel
 
