@@ -164,7 +164,7 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
         per = m["num_per_cond"]
         cond_feats = real_feats[cond_pos]
         cond_cls = test.cls[subset[cond_pos]]
-        sample_cls = np.asarray(encoder.encode(bundle, samples)[1])
+        sample_cls = encoder.encode(bundle, samples, with_tokens=False)[1]
         m["alignment_encoder"] = variation.alignment(
             cond_cls, sample_cls.reshape(len(cond_pos), per, -1)
         )
@@ -243,7 +243,11 @@ def _write_outputs(config, workdir: str, step: int, results: dict[str, Any]) -> 
     atomic_files.write_json(os.path.join(out, "metrics.json"), results, default=float)
     sweep = results["guidance_sweep"]
     atomic_files.write_json(os.path.join(out, "guidance_sweep.json"), sweep, default=float)
-    plot_guidance_sweep(results["guidance_sweep"], os.path.join(out, "guidance_sweep.png"))
+    plot_guidance_sweep(
+        results["guidance_sweep"],
+        os.path.join(out, "guidance_sweep.png"),
+        floor_fid=results["real_floor_sweep"]["fid"],
+    )
     writer = metric_writers.create_default_writer(os.path.join(out, "tb"), asynchronous=False)
     scalars = {f"eval/real_floor/{k}": v for k, v in results["real_floor"].items()}
     for name in ["full_set"] + [f"{k}_shot" for k in config.eval.kshot]:
@@ -253,7 +257,7 @@ def _write_outputs(config, workdir: str, step: int, results: dict[str, Any]) -> 
     writer.close()
 
 
-def plot_guidance_sweep(rows: list[dict], path: str) -> None:
+def plot_guidance_sweep(rows: list[dict], path: str, floor_fid: float | None = None) -> None:
     """FID, precision, recall and one-shot recall against w, as a PNG (atomic)."""
     import matplotlib
 
@@ -266,6 +270,8 @@ def plot_guidance_sweep(rows: list[dict], path: str) -> None:
     ax1.plot(ws, [r["one_shot_fid"] for r in rows], "s--", label="FID (one-shot)")
     ax1.set_xlabel("guidance w")
     ax1.set_ylabel("MNIST FID")
+    if floor_fid is not None:
+        ax1.axhline(floor_fid, color="gray", linestyle=":", label="real-data floor")
     ax1.legend()
     for key, style in (("precision", "o-"), ("recall", "s-"), ("one_shot_recall", "^--")):
         ax2.plot(ws, [r[key] for r in rows], style, label=key.replace("_", " "))

@@ -297,8 +297,10 @@ def test_call_validates_inputs():
 
 def test_from_config_reads_mnist_model_section():
     cfg = UViTConfig.from_config(mnist.get_config().model, 28, 1)
-    assert cfg.channels == (32, 64) and cfg.transformer_widths == (128,)
-    assert cfg.conv_resolutions == (28, 14) and cfg.transformer_resolutions == (7,)
+    # 2x2 patchify: one conv stage at 14x14, the transformer at 7x7.
+    assert cfg.stem == "patch" and cfg.patch_size == 2
+    assert cfg.channels == (64,) and cfg.transformer_widths == (192,)
+    assert cfg.conv_resolutions == (14,) and cfg.transformer_resolutions == (7,)
     film = UViTConfig.from_config(mnist.get_config("film").model, 28, 1)
     assert not film.cross_attention and film.cls_film
     with pytest.raises(ValueError, match="cannot be downsampled"):
