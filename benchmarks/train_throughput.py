@@ -79,7 +79,8 @@ def measure(variant: str, steps: int, warmup: int, overrides: list[str]) -> dict
         compile_s = time.perf_counter() - t0
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
-        flops = float(cost.get("flops", float("nan")))
+        # XLA reports the cost of one SPMD partition: scale to the whole (global) step.
+        flops = float(cost.get("flops", float("nan"))) * mesh.size
         for _ in range(warmup):
             state, metrics = compiled(state, batch, {})
         jax.block_until_ready(metrics)
