@@ -98,8 +98,8 @@ def _build(
     tmp = atomic_files.temp_dir_beside(directory)
     try:
         num = len(images)
-        num_tokens = (bundle.model.image_size // bundle.model.patch_size) ** 2
-        width = bundle.model.width
+        num_tokens = bundle.model.config.num_tokens
+        width = bundle.model.config.width
         tokens = np.lib.format.open_memmap(
             os.path.join(tmp, "tokens.npy"),
             mode="w+",

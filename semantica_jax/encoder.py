@@ -144,7 +144,9 @@ def make_optimizer(cfg_encoder: ml_collections.ConfigDict) -> optax.GradientTran
 
 def init_params(model: ViTEncoder, rng: jax.Array) -> Any:
     """Initialises all encoder parameters (head included)."""
-    dummy = jnp.zeros((1, model.image_size, model.image_size, model.channels), jnp.float32)
+    dummy = jnp.zeros(
+        (1, model.config.image_size, model.config.image_size, model.config.channels), jnp.float32
+    )
     return model.init(rng, dummy, method=init_and_embed)["params"]
 
 
@@ -521,11 +523,11 @@ def encode(
         cls.append(c)
         if tok is not None:
             tokens.append(tok)
-    dim = bundle.model.width
+    dim = bundle.model.config.width
     cls_all = np.concatenate(cls) if cls else np.zeros((0, dim), np.float32)
     if not with_tokens:
         return None, cls_all
-    num_tokens = (bundle.model.image_size // bundle.model.patch_size) ** 2
+    num_tokens = bundle.model.config.num_tokens
     tokens_all = np.concatenate(tokens) if tokens else np.zeros((0, num_tokens, dim), np.float32)
     return tokens_all, cls_all
 

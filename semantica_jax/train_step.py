@@ -155,7 +155,7 @@ def train_step(
         return total, aux
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # Warm-up of the EMA decay so short runs are not dominated by the initial weights.
@@ -171,7 +171,7 @@ def train_step(
         "loss": loss,
         "diffusion_loss": aux["diffusion_loss"],
         "grad_norm": grad_norm,
-        "param_norm": optax.global_norm(params),
+        "param_norm": optax.tree.norm(params),
         "ema_decay": decay,
         "finite": finite,
         **_bucket_metrics(aux["per_example"], logsnr),

@@ -83,7 +83,7 @@ class ViTConfig:
 
     def module(self) -> ViTEncoder:
         """The linen module with these hyper-parameters."""
-        return ViTEncoder(**dataclasses.asdict(self))
+        return ViTEncoder(self)
 
 
 class EncoderBlock(nn.Module):
@@ -108,38 +108,30 @@ class EncoderBlock(nn.Module):
 class ViTEncoder(nn.Module):
     """ViT encoder; see the module docstring for what `tokens`, `cls` and `embed` are.
 
-    Attributes mirror `ViTConfig`. `image_size` fixes the number of position embeddings.
+    `config.image_size` fixes the number of position embeddings.
     """
 
-    image_size: int = 28
-    channels: int = 1
-    patch_size: int = 4
-    width: int = 64
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: int = 2
-    embed_dim: int = 32
-    stem_channels: int = 0
+    config: ViTConfig
 
     def setup(self):
-        if self.stem_channels:
-            self.stem = nn.Conv(self.stem_channels, kernel_size=(3, 3), padding="SAME", name="stem")
+        c = self.config
+        if c.stem_channels:
+            self.stem = nn.Conv(c.stem_channels, kernel_size=(3, 3), padding="SAME", name="stem")
         self.patchify = nn.Conv(
-            self.width,
-            kernel_size=(self.patch_size, self.patch_size),
-            strides=(self.patch_size, self.patch_size),
+            c.width,
+            kernel_size=(c.patch_size, c.patch_size),
+            strides=(c.patch_size, c.patch_size),
             padding="VALID",
             name="patchify",
         )
-        num_tokens = (self.image_size // self.patch_size) ** 2
         init = nn.initializers.normal(stddev=0.02)
-        self.cls_token = self.param("cls_token", init, (1, 1, self.width))
-        self.pos_embedding = self.param("pos_embedding", init, (1, num_tokens + 1, self.width))
+        self.cls_token = self.param("cls_token", init, (1, 1, c.width))
+        self.pos_embedding = self.param("pos_embedding", init, (1, c.num_tokens + 1, c.width))
         self.blocks = [
-            EncoderBlock(self.heads, self.mlp_ratio, name=f"block_{i}") for i in range(self.depth)
+            EncoderBlock(c.heads, c.mlp_ratio, name=f"block_{i}") for i in range(c.depth)
         ]
         self.final_norm = nn.LayerNorm(name="final_norm")
-        self.head = nn.Dense(self.embed_dim, name="head")
+        self.head = nn.Dense(c.embed_dim, name="head")
 
     def __call__(self, images: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
         """Encodes images.
@@ -150,21 +142,22 @@ class ViTEncoder(nn.Module):
         Returns:
           (tokens [B, T, D], cls [B, D]), both after the final LayerNorm.
         """
-        expected = (self.image_size, self.image_size, self.channels)
+        c = self.config
+        expected = (c.image_size, c.image_size, c.channels)
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ValueError(
                 f"ViTEncoder expects images [B, {expected[0]}, {expected[1]}, {expected[2]}], "
                 f"got {tuple(images.shape)}; resize/convert them (image_io.load_image does)"
             )
         x = images.astype(jnp.float32)
-        if self.stem_channels:
+        if c.stem_channels:
             # A 3x3 conv before patchifying: a cheap local inductive bias that makes the small
             # ViT learn MNIST several times faster (cf. "early convolutions help transformers").
             x = nn.gelu(self.stem(x))
         x = self.patchify(x)
         batch = x.shape[0]
-        x = x.reshape(batch, -1, self.width)
-        cls = jnp.broadcast_to(self.cls_token, (batch, 1, self.width))
+        x = x.reshape(batch, -1, c.width)
+        cls = jnp.broadcast_to(self.cls_token, (batch, 1, c.width))
         x = jnp.concatenate([cls, x], axis=1) + self.pos_embedding
         for block in self.blocks:
             x = block(x)
