@@ -26,7 +26,9 @@ def demo(argv) -> None:
 
     config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
     logging.info("MNIST data, encoder and embeddings are cached in %s", config.cache_dir)
-    _, summary = train.train_and_evaluate(config, workdir)
+    # Bad configs and missing inputs: one clear line and exit code 2, as in `main`.
+    with cli.one_line_errors(ValueError, FileNotFoundError):
+        _, summary = train.train_and_evaluate(config, workdir)
     print(
         "\nDemo finished at step {step}.\n"
         "  TensorBoard logs: {w}   (open with: .venv/bin/tensorboard --logdir {w})\n"
