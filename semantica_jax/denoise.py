@@ -178,18 +178,6 @@ def denoise(
 # --- the trained decoder ---------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class DecoderApply:
-    """The U-ViT as a samplers.ApplyFn with cond = {'tokens' [B,T,D], 'cls' [B,D]}."""
-
-    model: Any
-
-    def __call__(self, params, z_t, logsnr, cond, drop_cond):
-        return self.model.apply(
-            {"params": params}, z_t, logsnr, cond["tokens"], cond["cls"], drop_cond, train=False
-        )
-
-
 def null_cond(config, batch: int) -> dict[str, np.ndarray]:
     """Zero conditioning of the encoder's shapes (the model replaces it when dropped).
 
@@ -293,7 +281,7 @@ def denoise_image(
     )
     start = time.perf_counter()
     restored = denoise(
-        DecoderApply(generate.build_model(config)),
+        generate.DecoderApply(generate.build_model(config)),
         params,
         y,
         level.noise_std,

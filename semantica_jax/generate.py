@@ -1,7 +1,7 @@
 """The decoder as used by training, evaluation and the tools: build it, sample variations.
 
-`make_variation_fn` returns one jitted function `(params, cond_tokens, cond_cls, rng,
-guidance[, x_start, t_start]) -> images` that is compiled once per shape and shared by the
+`make_variation_fn` returns one function `(params, cond_tokens, cond_cls, rng,
+guidance) -> images` that is compiled once per shape and shared by the
 sample grid in training, the evaluation sampler and the command-line tools.
 """
 
@@ -53,49 +53,53 @@ class SamplerSettings:
         return cls(**values)
 
 
+@dataclasses.dataclass(frozen=True)
+class DecoderApply:
+    """The U-ViT in eval mode as a `samplers.ApplyFn`, cond = {'tokens' [B,T,D], 'cls' [B,D]}.
+
+    Hashed by the model (a frozen config), so every sampler built on one decoder shares the
+    compiled loop: new EMA params, guidance or t_start never recompile.
+    """
+
+    model: uvit.UViT
+
+    def __call__(self, params, z_t, logsnr, cond, drop_cond):
+        return self.model.apply(
+            {"params": params}, z_t, logsnr, cond["tokens"], cond["cls"], drop_cond, train=False
+        )
+
+
 def make_variation_fn(config, model: uvit.UViT | None = None, **sampler_overrides):
-    """A jitted sampler of variations for conditioning embeddings.
+    """A sampler of variations for conditioning embeddings, compiled once per batch shape.
 
     Returns:
-      `fn(params, cond_tokens [B,T,D], cond_cls [B,D], rng, guidance, x_start=None,
-      t_start=1.0) -> images [B,H,W,C] in [-1,1]`. `guidance` is traced (no recompilation
-      when it changes); `x_start`/`t_start < 1` start part-way (SDEdit denoising).
+      `fn(params, cond_tokens [B,T,D], cond_cls [B,D], rng, guidance) -> images [B,H,W,C]`
+      in [-1,1]. Both guidance branches run in one doubled batch; `guidance` is traced.
     """
-    model = model or build_model(config)
+    apply_fn = DecoderApply(model or build_model(config))
     settings = SamplerSettings.from_config(config, **sampler_overrides)
     logsnr_fn = training_logsnr_fn(config)
     shape_hw = (config.data.image_size, config.data.image_size, config.data.channels)
 
-    def fn(params, cond_tokens, cond_cls, rng, guidance, x_start=None, t_start=1.0):
-        def model_fn(z_t, logsnr, cond, drop_cond):
-            return model.apply(
-                {"params": params},
-                z_t,
-                logsnr,
-                cond["tokens"],
-                cond["cls"],
-                drop_cond,
-                train=False,
-            )
-
-        cond = {"tokens": cond_tokens.astype(jnp.float32), "cls": cond_cls.astype(jnp.float32)}
-        return samplers.sample(
-            model_fn,
-            cond,
-            rng,
+    def fn(params, cond_tokens, cond_cls, rng, guidance):
+        sampler = samplers.make_sampler(
+            apply_fn,
             (cond_tokens.shape[0], *shape_hw),
             logsnr_fn,
             prediction=settings.prediction,
             kind=settings.kind,
             num_steps=settings.num_steps,
             gamma=settings.gamma,
-            guidance=guidance,
             clip_x=settings.clip_x,
-            t_start=t_start,
-            x_start=x_start,
+            guided=True,
         )
+        cond = {
+            "tokens": jnp.asarray(cond_tokens, jnp.float32),
+            "cls": jnp.asarray(cond_cls, jnp.float32),
+        }
+        return sampler(params, cond, rng, guidance)
 
-    return jax.jit(fn, static_argnames=("t_start",))
+    return fn
 
 
 def to_uint8(images: Any) -> np.ndarray:

@@ -104,8 +104,12 @@ def test_tiny_run_writes_everything(tiny_run):
     from PIL import Image
 
     grid = Image.open(os.path.join(tiny_run, "samples", "step_6.png"))
-    # 2 rows of (conditioning | 2 variations at w=0 | 2 at the config's w), 28 px + borders.
-    assert grid.size[0] > grid.size[1] > 2 * 28
+    # 2 rows of (conditioning | 2 variations at w=0 | 2 at the config's w): 28 px cells with
+    # 2 px borders.
+    assert grid.size == (5 * 30 + 2, 2 * 30 + 2)
+    # The first cell of each row is the (real) conditioning image, not a sample.
+    cells = np.asarray(grid)[2:30, 2:30]
+    assert cells.max() == 255 and cells.min() == 0
 
 
 def test_rerun_of_finished_run_changes_nothing(tiny_run, session_cache):
