@@ -75,6 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.num_steps = 300_000  # ablation length of the paper
     c.train.learning_rate = 2e-4  # Adam, b1 0.9, b2 0.99, eps 1e-12 (inherited)
     c.train.warmup_steps = 10_000  # not stated; Google configs of this lineage
+    c.train.lr_decay = "constant"  # Semantica states no decay
     c.train.ema_decay = 0.9999  # Polyak averaging
     c.train.log_every = 100  # steps between scalar summaries
     c.train.checkpoint_every = 5_000  # steps between checkpoints

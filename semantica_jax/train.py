@@ -54,6 +54,7 @@ def validate_config(config) -> None:
         raise ValueError(f"config.diffusion.p_uncond={config.diffusion.p_uncond} must be in [0,1)")
     if not 0.0 <= config.train.ema_decay < 1.0:
         raise ValueError(f"config.train.ema_decay={config.train.ema_decay} must be in [0,1)")
+    learning_rate_schedule(config.train)  # raises on an unknown train.lr_decay
 
 
 def write_config_json(config, workdir: str) -> None:

@@ -52,9 +52,22 @@ class StepConfig:
 
 
 def learning_rate_schedule(cfg_train) -> optax.Schedule:
-    """Linear warm-up to the peak learning rate, then constant (Semantica states no decay)."""
-    return optax.linear_schedule(
-        0.0, float(cfg_train.learning_rate), max(int(cfg_train.warmup_steps), 1)
+    """Linear warm-up to the peak learning rate, then `cfg_train.lr_decay`.
+
+    'constant' keeps the peak (Semantica states no decay); 'cosine' decays it to 0 at
+    `cfg_train.num_steps` (short runs: the last steps refine at a small learning rate).
+    """
+    peak = float(cfg_train.learning_rate)
+    warmup = max(int(cfg_train.warmup_steps), 1)
+    decay = cfg_train.get("lr_decay", "constant")
+    if decay == "constant":
+        return optax.linear_schedule(0.0, peak, warmup)
+    if decay == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, peak, warmup, decay_steps=max(int(cfg_train.num_steps), warmup + 1)
+        )
+    raise ValueError(
+        f"config.train.lr_decay={decay!r} is not a schedule; choose 'constant' or 'cosine'"
     )
 
 

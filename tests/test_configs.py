@@ -37,7 +37,7 @@ def _flat(d, prefix=""):
 @pytest.mark.parametrize(
     "variant, expected",
     [
-        ("film", {"model.cross_attention": False, "model.cls_film": True}),
+        ("film", {"model.cross_attention": False}),
         ("reconstruction", {"episodes.kind": "self", "episodes.filter": False}),
         ("similarity_loss", {"train.sim_loss_weight": 1.0}),
         ("ddpm500", {"diffusion.schedule": "ddpm_linear", "diffusion.prediction": "eps"}),

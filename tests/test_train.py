@@ -240,6 +240,7 @@ def test_two_processes_match_one(tiny_run, session_cache, tmp_path):
         ("--config.nonexistent=1", 1, "nonexistent"),
         ("--config.train.batch_size=-4", 1, "train.batch_size"),
         ("--config.train.batch_size=12", 8, "train.batch_size"),
+        ("--config.train.lr_decay=linear", 1, "train.lr_decay"),
     ],
 )
 def test_bad_override_is_one_clear_line(override, devices, field, tmp_path):
@@ -312,3 +313,20 @@ def test_similarity_loss_is_added(session_cache, tmp_path):
     np.testing.assert_allclose(
         metrics["loss"], metrics["diffusion_loss"] + metrics["sim_loss"], rtol=1e-5
     )
+
+
+def test_learning_rate_schedules_by_value():
+    import ml_collections
+
+    from semantica_jax.train_step import learning_rate_schedule
+
+    cfg = ml_collections.ConfigDict(
+        dict(learning_rate=1e-3, warmup_steps=10, num_steps=110, lr_decay="cosine")
+    )
+    lr = learning_rate_schedule(cfg)
+    assert float(lr(0)) == 0.0
+    np.testing.assert_allclose([float(lr(s)) for s in (5, 10, 60)], [5e-4, 1e-3, 5e-4], rtol=1e-5)
+    assert abs(float(lr(110))) < 1e-12
+    cfg.lr_decay = "constant"
+    lr = learning_rate_schedule(cfg)
+    np.testing.assert_allclose([float(lr(s)) for s in (5, 10, 110, 10**6)], [5e-4] + [1e-3] * 3)

@@ -299,7 +299,8 @@ def test_from_config_reads_mnist_model_section():
     cfg = UViTConfig.from_config(mnist.get_config().model, 28, 1)
     # 2x2 patchify: one conv stage at 14x14, the transformer at 7x7.
     assert cfg.stem == "patch" and cfg.patch_size == 2
-    assert cfg.channels == (64,) and cfg.transformer_widths == (192,)
+    assert cfg.channels == (64,) and cfg.transformer_widths == (128,)
+    assert cfg.cross_attention and cfg.cls_film and cfg.dropout == 0.0
     assert cfg.conv_resolutions == (14,) and cfg.transformer_resolutions == (7,)
     film = UViTConfig.from_config(mnist.get_config("film").model, 28, 1)
     assert not film.cross_attention and film.cls_film
