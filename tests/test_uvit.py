@@ -308,9 +308,10 @@ def test_from_config_reads_mnist_model_section():
         UViTConfig.from_config(mnist.get_config().model, 30, 1)
 
 
-def _param_count(config) -> tuple[UViTConfig, int]:
+def _param_count(config, num_tokens: int | None = None) -> tuple[UViTConfig, int]:
     cfg = UViTConfig.from_config(config.model, config.data.image_size, config.data.channels)
-    inputs = example_inputs(cfg, 1, config.encoder.num_tokens, config.encoder.width)
+    num_tokens = config.encoder.num_tokens if num_tokens is None else num_tokens
+    inputs = example_inputs(cfg, 1, num_tokens, config.encoder.width)
     shapes = jax.eval_shape(lambda *a: UViT(cfg).init(jax.random.key(0), *a, train=False), *inputs)
     return cfg, parameter_overview.count_parameters(shapes["params"])
 
@@ -338,3 +339,13 @@ def test_imagenet512_paper_sizes():
     assert cfg.channels + cfg.transformer_widths == (128, 256, 1024, 2048, 4096)
     assert cfg.blocks + cfg.transformer_blocks == (2, 3, 3, 3, 12)
     assert 3.5e9 < count < 4.7e9, count
+
+
+@pytest.mark.parametrize(
+    "variant, expected", [("default", 1_644_036), ("film", 1_364_100), ("tiny", 38_164)]
+)
+def test_mnist_parameter_counts(variant, expected):
+    """The counts the README quotes; the encoder gives (28 / 4)^2 = 49 tokens."""
+    config = mnist.get_config(variant)
+    num_tokens = (config.data.image_size // config.encoder.patch_size) ** 2
+    assert _param_count(config, num_tokens)[1] == expected
