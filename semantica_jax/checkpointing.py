@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 def _abspath(directory: str | os.PathLike) -> str:
@@ -197,9 +198,10 @@ def restore_params(
     if step is None:
         raise FileNotFoundError(f"no finished checkpoint in {root}; train first")
     path = os.path.join(root, str(step), _STATE)
-    checkpointer = ocp.PyTreeCheckpointer()
+    checkpointer, handler = ocp.PyTreeCheckpointer(), ocp.PyTreeCheckpointHandler()
     try:
-        meta = checkpointer.metadata(path).item_metadata.tree[item]
+        # The item's own metadata (the Checkpointer's would look for step metadata here).
+        meta = handler.metadata(epath.Path(path)).tree[item]
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = {item: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta)}
         restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
@@ -212,4 +214,5 @@ def restore_params(
         )
     finally:
         checkpointer.close()
+        handler.close()
     return restored[item], step
