@@ -173,13 +173,17 @@ class Attention(nn.Module):
         head_dim = self.width // self.heads
         kv_input = x if context is None else context
 
-        def project(inputs: jax.Array, name: str) -> jax.Array:
+        def project(inputs: jax.Array, name: str, use_bias: bool = True) -> jax.Array:
             """[B, tokens, width] -> [B, tokens, heads, head_dim]."""
-            dense = nn.DenseGeneral((self.heads, head_dim), dtype=self.dtype, name=name)
+            dense = nn.DenseGeneral(
+                (self.heads, head_dim), use_bias=use_bias, dtype=self.dtype, name=name
+            )
             return dense(inputs)
 
         q = project(x, "query")
-        k = project(kv_input, "key")
+        # No key bias: it adds q.b, the same for every key of a query, which the softmax
+        # cancels, so it would only drift with float noise (its true gradient is 0).
+        k = project(kv_input, "key", use_bias=False)
         v = project(kv_input, "value")
         if capture:
             for name, a in (("q", q), ("k", k), ("v", v)):
