@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from semantica_jax.diffusion import samplers
-from semantica_jax.sample import ToolError
+from semantica_jax.sample import ToolError, define_workdir_flags
 
 CONDITIONS = ("null", "self")
 # Smallest t_start handed to the sampler: its grid needs t > 0 at every model call.
@@ -311,9 +311,7 @@ def _define_flags():
     from absl import flags
 
     return dict(
-        workdir=flags.DEFINE_string(
-            "workdir", None, "Training workdir (config.json, checkpoints/)."
-        ),
+        define_workdir_flags("Integer upscaling of the PNG."),
         image=flags.DEFINE_string("image", None, "Input image (PNG/JPEG/.npy)."),
         noise=flags.DEFINE_float(
             "noise", 0.5, "Noise std s of y = x + s*n in the [-1, 1] image range."
@@ -324,10 +322,6 @@ def _define_flags():
         ),
         seed=flags.DEFINE_integer("seed", 0, "Seed of the added noise and of the sampler."),
         out=flags.DEFINE_string("out", "denoised.png", "Output PNG [input | noisy | restored]."),
-        steps=flags.DEFINE_integer("steps", 0, "Sampler steps; 0 = the run's sampler.num_steps."),
-        kind=flags.DEFINE_enum("kind", "", ["", *samplers.KINDS], "Sampler; '' = the run's."),
-        cache_dir=flags.DEFINE_string("cache_dir", "", "Encoder cache dir; '' = the run's."),
-        scale=flags.DEFINE_integer("scale", 1, "Integer upscaling of the PNG."),
     )
 
 

@@ -260,24 +260,35 @@ def make_variations(
 # --- command line ----------------------------------------------------------------------------
 
 
-def _define_flags():
-    # Defined on demand, not at import: denoise imports this module for its helpers and
-    # defines flags of the same names.
+def define_workdir_flags(scale_help: str) -> dict[str, Any]:
+    """The flags of every tool on a training workdir: --workdir, --steps, --kind,
+    --cache_dir, --scale. Defined on demand, not at import: `sample` and `denoise` each
+    define them once for their own command line."""
     from absl import flags
+
+    from semantica_jax.diffusion import samplers
 
     return dict(
         workdir=flags.DEFINE_string(
             "workdir", None, "Training workdir (config.json, checkpoints/)."
         ),
+        steps=flags.DEFINE_integer("steps", 0, "Sampler steps; 0 = the run's sampler.num_steps."),
+        kind=flags.DEFINE_enum("kind", "", ["", *samplers.KINDS], "Sampler; '' = the run's."),
+        cache_dir=flags.DEFINE_string("cache_dir", "", "Encoder cache dir; '' = the run's."),
+        scale=flags.DEFINE_integer("scale", 1, scale_help),
+    )
+
+
+def _define_flags():
+    from absl import flags
+
+    return dict(
+        define_workdir_flags("Integer upscaling of the grid."),
         image=flags.DEFINE_multi_string("image", None, "Input image (PNG/JPEG/.npy); repeatable."),
         num=flags.DEFINE_integer("num", 16, "Variations per input image."),
         guidance=flags.DEFINE_float("guidance", 0.5, "Classifier-free guidance w (0 = none)."),
         seed=flags.DEFINE_integer("seed", 0, "Sampling seed; same seed -> identical PNG."),
         out=flags.DEFINE_string("out", "grid.png", "Output grid PNG."),
-        steps=flags.DEFINE_integer("steps", 0, "Sampler steps; 0 = the run's sampler.num_steps."),
-        kind=flags.DEFINE_enum("kind", "", ["", "ddpm", "ddim"], "Sampler; '' = the run's."),
-        cache_dir=flags.DEFINE_string("cache_dir", "", "Encoder cache dir; '' = the run's."),
-        scale=flags.DEFINE_integer("scale", 1, "Integer upscaling of the grid."),
     )
 
 
