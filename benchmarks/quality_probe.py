@@ -1,12 +1,12 @@
 """A quick quality figure for comparing training runs: FID / P / R and class consistency.
 
-For each workdir, its latest (or `--step`) checkpoint's EMA model draws one variation of each
-of N balanced test images (seed stream 1, distinct from eval's) with the run's own sampler
-and guidance, and the probe reports MNIST FID, precision and recall against 2,000 real test
-images plus the share of samples the feature classifier puts in the conditioning image's
-class. It is `main --mode=eval`'s full-set protocol at a small N (~30 s at N = 300 on 2 CPU
-cores), used to choose the default config; N = 300 FIDs carry a floor of ~24 and class
-consistency a standard error of ~0.03.
+For each workdir, its latest (or `--step`) checkpoint's EMA model runs `main --mode=eval`'s
+full-set protocol (`evaluate.protocol`, K = N) on N balanced test images with the run's
+own sampler and guidance: one variation of each image, MNIST FID / precision / recall
+against those N images, plus the share of samples the feature classifier puts in the
+conditioning image's class. It is the eval's guidance-sweep point at a small N (~30 s at
+N = 300 on 2 CPU cores), used to choose the default config; at N = 300 the real-data FID
+floor is ~24 and class consistency has a standard error of ~0.03.
 
 Run:  python benchmarks/quality_probe.py WORKDIR [WORKDIR ...] [--num_images=300]
           [--step=1000] [--out=benchmarks/results/quality_probe.json]
@@ -18,7 +18,6 @@ import os
 import sys
 
 import jax
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -33,8 +32,6 @@ from semantica_jax import (  # noqa: E402
 )
 from semantica_jax.metrics import features, fewshot  # noqa: E402
 
-_NUM_REAL = 2000  # real test images the FID / P / R compare against
-
 
 def probe(workdir: str, num_images: int, step: int | None) -> dict:
     """Quality figures of one run's checkpoint (see the module docstring)."""
@@ -46,24 +43,29 @@ def probe(workdir: str, num_images: int, step: int | None) -> dict:
     test = datasets.load_embedded_split(config, bundle, config.data.eval_split)
     feat_bundle = features.load_or_train_feature_net(config)
     feature_fn = features.feature_fn(feat_bundle)
-    real = evaluate.balanced_subset(test.labels, _NUM_REAL, config.seed, "num_real")
-    real_feats = fewshot.compute_features(feature_fn, generate.to_model_range(test.images[real]))
-    cond = evaluate.balanced_subset(test.labels, num_images, config.seed + 1, "num_images")
+    subset = evaluate.balanced_subset(test.labels, num_images, config.seed + 1, "num_images")
+    labels = test.labels[subset]
+    real_feats = fewshot.compute_features(feature_fn, generate.to_model_range(test.images[subset]))
     gen = evaluate.Generator(config, params, test, parallel.make_mesh(config.mesh.fsdp))
     guidance = float(config.sampler.guidance)
-    samples = gen(cond, guidance, jax.random.PRNGKey(config.seed + 1))
-    m = fewshot.kshot_metrics(real_feats, fewshot.compute_features(feature_fn, samples), pr_k=3)
-    consistency = np.mean(features.classify(feat_bundle, samples) == test.labels[cond])
-    return {
-        "workdir": workdir,
-        "step": int(step),
-        "num_images": num_images,
-        "guidance": guidance,
-        "fid": float(m["fid"]),
-        "precision": float(m["precision"]),
-        "recall": float(m["recall"]),
-        "class_consistency": float(consistency),
-    }
+    m, _, samples, _ = evaluate.protocol(
+        gen,
+        real_feats,
+        subset,
+        labels,
+        num_images,
+        guidance,
+        jax.random.PRNGKey(config.seed + 1),
+        feature_fn,
+        config.seed,
+        int(config.eval.pr_k),
+    )
+    m.update(
+        workdir=workdir,
+        step=int(step),
+        class_consistency=features.accuracy(feat_bundle, samples, labels),
+    )
+    return m
 
 
 def main() -> None:

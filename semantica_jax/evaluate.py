@@ -89,7 +89,7 @@ def balanced_subset(labels: np.ndarray, n: int, seed: int, field: str) -> np.nda
     return np.sort(np.concatenate(picked))
 
 
-def _protocol(
+def protocol(
     gen: Generator,
     real_feats: np.ndarray,
     subset: np.ndarray,
@@ -144,12 +144,12 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
         "feature_net_test_accuracy": feat_bundle.test_accuracy,
         "real_floor": floor,
     }
-    full, _, _, _ = _protocol(
+    full, _, _, _ = protocol(
         gen, real_feats, subset, labels, n, w, rng, feature_fn, config.seed, config.eval.pr_k
     )
     results["full_set"] = full
     for k in config.eval.kshot:
-        m, cond_pos, samples, feats = _protocol(
+        m, cond_pos, samples, feats = protocol(
             gen,
             real_feats,
             subset,
@@ -172,8 +172,8 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
             cond_feats, feats.reshape(len(cond_pos), per, -1)
         )
         m["diversity"] = variation.diversity(feats.reshape(len(cond_pos), per, -1))
-        m["class_consistency"] = float(
-            np.mean(features.classify(feat_bundle, samples) == np.repeat(labels[cond_pos], per))
+        m["class_consistency"] = features.accuracy(
+            feat_bundle, samples, np.repeat(labels[cond_pos], per)
         )
         results[f"{k}_shot"] = m
     n_sweep = int(config.eval.sweep_num_images)
@@ -195,7 +195,7 @@ def guidance_sweep(config, gen, real_feats, subset, labels, feature_fn, rng) -> 
     num_classes = len(np.unique(labels))
     for i, w in enumerate(config.eval.guidance_sweep):
         r = jax.random.fold_in(rng, 1000 + i)
-        full, *_ = _protocol(
+        full, *_ = protocol(
             gen,
             real_feats,
             subset,
@@ -207,7 +207,7 @@ def guidance_sweep(config, gen, real_feats, subset, labels, feature_fn, rng) -> 
             config.seed,
             config.eval.pr_k,
         )
-        one, *_ = _protocol(
+        one, *_ = protocol(
             gen,
             real_feats,
             subset,
