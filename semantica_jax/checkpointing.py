@@ -197,22 +197,21 @@ def restore_params(
         step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no finished checkpoint in {root}; train first")
-    path = os.path.join(root, str(step), _STATE)
-    checkpointer, handler = ocp.PyTreeCheckpointer(), ocp.PyTreeCheckpointHandler()
+    path = epath.Path(root) / str(step) / _STATE
+    # The item's own handler: the Checkpointer would also look for step metadata in `path`.
+    handler = ocp.PyTreeCheckpointHandler()
     try:
-        # The item's own metadata (the Checkpointer's would look for step metadata here).
-        meta = handler.metadata(epath.Path(path)).tree[item]
+        meta = handler.metadata(path).tree[item]
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = {item: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta)}
         restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
         # Partial restore: only the requested subtree is read from disk.
-        restored = checkpointer.restore(
+        restored = handler.restore(
             path,
             args=ocp.args.PyTreeRestore(
                 item=target, restore_args=restore_args, partial_restore=True
             ),
         )
     finally:
-        checkpointer.close()
         handler.close()
     return restored[item], step

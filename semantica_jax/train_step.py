@@ -59,7 +59,7 @@ def learning_rate_schedule(cfg_train) -> optax.Schedule:
     """
     peak = float(cfg_train.learning_rate)
     warmup = max(int(cfg_train.warmup_steps), 1)
-    decay = cfg_train.get("lr_decay", "constant")
+    decay = cfg_train.lr_decay
     if decay == "constant":
         return optax.linear_schedule(0.0, peak, warmup)
     if decay == "cosine":
