@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: venv
-	$(PY) -m semantica_jax.demo --config=$(CONFIG) --workdir=$(WORKDIR)
+	$(PY) -m semantica_jax.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
 test: venv
 	$(VENV)/bin/ruff check .

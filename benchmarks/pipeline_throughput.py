@@ -25,8 +25,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs.mnist import get_config  # noqa: E402
-from semantica_jax import atomic_files  # noqa: E402
 from semantica_jax.data import episodes, pipeline  # noqa: E402
+from semantica_jax.utils import atomic_files  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

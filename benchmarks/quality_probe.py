@@ -21,31 +21,25 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from semantica_jax import (  # noqa: E402
-    atomic_files,
-    checkpointing,
-    datasets,
-    evaluate,
-    generate,
-    parallel,
-    sample,
-)
+from semantica_jax import assets, evaluate  # noqa: E402
+from semantica_jax import workdir as run_dir  # noqa: E402
 from semantica_jax.metrics import features, fewshot  # noqa: E402
+from semantica_jax.utils import atomic_files, image_io, parallel  # noqa: E402
 
 
 def probe(workdir: str, num_images: int, step: int | None) -> dict:
     """Quality figures of one run's checkpoint (see the module docstring)."""
-    config = sample.load_run_config(workdir)
+    config = run_dir.load_config(workdir)
     with config.unlocked():
         config.eval.batch_size = min(num_images, 300)
-    params, step = checkpointing.restore_params(workdir, step=step)
-    bundle = datasets.load_encoder(config)
-    test = datasets.load_embedded_split(config, bundle, config.data.eval_split)
-    feat_bundle = features.load_or_train_feature_net(config)
+    params, step = run_dir.restore_ema_params(workdir, step=step)
+    bundle = assets.load_encoder(config)
+    test = assets.embedded_split(config, bundle, config.data.eval_split)
+    feat_bundle = assets.feature_net(config)
     feature_fn = features.feature_fn(feat_bundle)
     subset = evaluate.balanced_subset(test.labels, num_images, config.seed + 1, "num_images")
     labels = test.labels[subset]
-    real_feats = fewshot.compute_features(feature_fn, generate.to_model_range(test.images[subset]))
+    real_feats = fewshot.compute_features(feature_fn, image_io.to_model_range(test.images[subset]))
     gen = evaluate.Generator(config, params, test, parallel.make_mesh(config.mesh.fsdp))
     guidance = float(config.sampler.guidance)
     m, _, samples, _ = evaluate.protocol(

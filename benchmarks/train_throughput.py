@@ -32,8 +32,9 @@ def measure(variant: str, steps: int, warmup: int, overrides: list[str]) -> dict
     import numpy as np
 
     from configs import mnist
-    from semantica_jax import generate, parallel, train
+    from semantica_jax import decoder, train
     from semantica_jax.train_step import StepConfig, make_optimizer, train_step
+    from semantica_jax.utils import parallel
 
     config = mnist.get_config(variant)
     for item in overrides:
@@ -54,14 +55,14 @@ def measure(variant: str, steps: int, warmup: int, overrides: list[str]) -> dict
         "cond_tokens": rng.normal(size=(bsz, num_tokens, config.encoder.width)).astype(np.float32),
         "cond_cls": rng.normal(size=(bsz, config.encoder.width)).astype(np.float32),
     }
-    model = generate.build_model(config)
+    model = decoder.build_model(config)
     tx = make_optimizer(config.train)
     state, abstract = train.create_state(config, model, tx, host_batch, mesh)
     step_fn = functools.partial(
         train_step,
         model_apply=train._model_apply(model),
         encoder_apply=None,
-        logsnr_fn=generate.training_logsnr_fn(config),
+        logsnr_fn=decoder.training_logsnr_fn(config),
         tx=tx,
         hp=StepConfig.from_config(config),
     )
@@ -154,7 +155,7 @@ def main() -> None:
         "results": results,
     }
     sys.path.insert(0, ROOT)
-    from semantica_jax import atomic_files
+    from semantica_jax.utils import atomic_files
 
     path = atomic_files.write_json(os.path.join(args.out, "train_throughput.json"), report)
     print(f"wrote {path}")

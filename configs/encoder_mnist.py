@@ -1,8 +1,10 @@
 """The MNIST frozen encoder job: the same `encoder` section the training config uses.
 
 Run:
-  python -m semantica_jax.encoder --config=configs/encoder_mnist.py --workdir=workdirs/encoder
-  python -m semantica_jax.encoder --config=configs/encoder_mnist.py:tiny --workdir=/tmp/enc
+  python -m semantica_jax.main --mode=encoder --config=configs/encoder_mnist.py \
+      --workdir=workdirs/encoder
+  python -m semantica_jax.main --mode=encoder --config=configs/encoder_mnist.py:tiny \
+      --workdir=/tmp/enc
 
 It returns `configs.mnist.get_config(variant)` unchanged, so an encoder trained by this job
 has the same cache key as the one `load_or_train_encoder` looks for during training, and the

@@ -22,17 +22,20 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from semantica_jax import atomic_files, checkpointing, datasets, encoder, generate, parallel
+from semantica_jax import assets, decoder
+from semantica_jax import workdir as run_dir
+from semantica_jax.encoder.encode import encode
 from semantica_jax.metrics import features, fewshot, variation
+from semantica_jax.utils import atomic_files, image_io, parallel
 
 
 class Generator:
     """Batched, jitted, device-sharded sampling of variations with progress and ETA."""
 
-    def __init__(self, config, params, data: datasets.EmbeddedSplit, mesh):
+    def __init__(self, config, params, data: assets.EmbeddedSplit, mesh):
         self.config, self.data, self.mesh = config, data, mesh
         self.params = jax.device_put(params, parallel.replicated(mesh))
-        self.fn = generate.make_variation_fn(config)
+        self.fn = decoder.make_variation_fn(config)
         self.batch_size = parallel.check_batch_size(
             int(config.eval.batch_size), mesh, "eval.batch_size"
         )
@@ -116,20 +119,20 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
     """Evaluates WORKDIR's latest checkpoint (EMA params); returns the metrics dict."""
     t0 = time.perf_counter()
     mesh = parallel.make_mesh(config.mesh.fsdp)
-    params, step = checkpointing.restore_params(workdir)
-    bundle = datasets.load_encoder(config)
-    test = datasets.load_embedded_split(config, bundle, config.data.eval_split)
-    feat_bundle = features.load_or_train_feature_net(config)
+    params, step = run_dir.restore_ema_params(workdir)
+    bundle = assets.load_encoder(config)
+    test = assets.embedded_split(config, bundle, config.data.eval_split)
+    feat_bundle = assets.feature_net(config)
     feature_fn = features.feature_fn(feat_bundle)
 
     n = int(config.eval.num_images)
     subset = balanced_subset(test.labels, n, config.seed, "eval.num_images")
     labels = test.labels[subset]
-    real = generate.to_model_range(test.images[subset])
+    real = image_io.to_model_range(test.images[subset])
     real_feats = fewshot.compute_features(feature_fn, real)
     rest = np.setdiff1d(np.arange(len(test.labels)), subset)
     floor_n = min(n, len(rest))
-    floor_feats = fewshot.compute_features(feature_fn, generate.to_model_range(test.images[rest]))
+    floor_feats = fewshot.compute_features(feature_fn, image_io.to_model_range(test.images[rest]))
     floor = variation.real_floor(
         real_feats, floor_n, config.seed, other=floor_feats, pr_k=int(config.eval.pr_k)
     )
@@ -164,7 +167,7 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
         per = m["num_per_cond"]
         cond_feats = real_feats[cond_pos]
         cond_cls = test.cls[subset[cond_pos]]
-        sample_cls = encoder.encode(bundle, samples, with_tokens=False)[1]
+        sample_cls = encode(bundle, samples, with_tokens=False)[1]
         m["alignment_encoder"] = variation.alignment(
             cond_cls, sample_cls.reshape(len(cond_pos), per, -1)
         )
@@ -238,7 +241,7 @@ def guidance_sweep(config, gen, real_feats, subset, labels, feature_fn, rng) -> 
 def _write_outputs(config, workdir: str, step: int, results: dict[str, Any]) -> None:
     if jax.process_index() != 0:
         return
-    out = os.path.join(workdir, "eval")
+    out = run_dir.eval_dir(workdir)
     os.makedirs(out, exist_ok=True)
     atomic_files.write_json(os.path.join(out, "metrics.json"), results, default=float)
     sweep = results["guidance_sweep"]

@@ -19,7 +19,10 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from semantica_jax import atomic_files, checkpointing, datasets, generate, image_io, parallel
+from semantica_jax import assets, decoder
+from semantica_jax import workdir as run_dir
+from semantica_jax.data.pipeline import make_train_pipeline
+from semantica_jax.errors import NonFiniteError
 from semantica_jax.train_step import (
     StepConfig,
     TrainState,
@@ -27,10 +30,7 @@ from semantica_jax.train_step import (
     make_optimizer,
     train_step,
 )
-
-
-class NonFiniteError(RuntimeError):
-    """The loss or gradient norm became NaN/Inf; the state at that step was not kept."""
+from semantica_jax.utils import atomic_files, checkpointing, image_io, parallel
 
 
 def validate_config(config) -> None:
@@ -55,14 +55,6 @@ def validate_config(config) -> None:
     if not 0.0 <= config.train.ema_decay < 1.0:
         raise ValueError(f"config.train.ema_decay={config.train.ema_decay} must be in [0,1)")
     learning_rate_schedule(config.train)  # raises on an unknown train.lr_decay
-
-
-def write_config_json(config, workdir: str) -> None:
-    """The effective config, atomically, as WORKDIR/config.json (process 0)."""
-    if jax.process_index() != 0:
-        return
-    path = os.path.join(workdir, "config.json")
-    atomic_files.write_text(path, config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def _model_apply(model):
@@ -164,7 +156,7 @@ def _sample_grid(config, variation_fn, params, cond, rng) -> np.ndarray:
     out = [cond.images.reshape(rows, 1, *cond.images.shape[1:])]
     for i, w in enumerate((0.0, float(config.sampler.guidance))):
         x = variation_fn(params, tokens, cls, jax.random.fold_in(rng, i), jnp.float32(w))
-        x = generate.to_uint8(jax.device_get(x))
+        x = image_io.to_uint8(jax.device_get(x))
         out.append(x.reshape(rows, cols, *x.shape[1:]))
     return np.concatenate(out, axis=1).reshape(-1, *cond.images.shape[1:])
 
@@ -174,10 +166,21 @@ def _write_samples(config, workdir, writer, step, variation_fn, params, cond, rn
     cols = 1 + 2 * int(config.train.num_sample_cols)
     image = image_io.make_grid(grid, cols)
     writer.write_images(step, {"samples": image[None]})
-    path = os.path.join(workdir, "samples", f"step_{step}.png")
+    path = run_dir.sample_grid_path(workdir, step)
     if jax.process_index() == 0:
         image_io.save_png(image, path)
     return path
+
+
+def sample_grid_conditioning(data: assets.EmbeddedSplit, rows: int) -> np.ndarray:
+    """Indices of `rows` conditioning images for sample grids: distinct classes first."""
+    chosen: list[int] = []
+    for label in np.unique(data.labels):
+        if len(chosen) == rows:
+            break
+        chosen.append(int(np.flatnonzero(data.labels == label)[0]))
+    rest = [i for i in range(len(data.labels)) if i not in set(chosen)]
+    return np.asarray((chosen + rest)[:rows], np.int64)
 
 
 def train_and_evaluate(config, workdir: str) -> tuple[TrainState, dict[str, Any]]:
@@ -189,24 +192,25 @@ def train_and_evaluate(config, workdir: str) -> tuple[TrainState, dict[str, Any]
     validate_config(config)
     mesh = parallel.make_mesh(config.mesh.fsdp)
     per_process_batch = parallel.check_batch_size(config.train.batch_size, mesh)
-    write_config_json(config, workdir)
+    if jax.process_index() == 0:
+        run_dir.write_config(config, workdir)
     writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=False
     )
 
-    bundle = datasets.load_encoder(config)
-    train_data = datasets.load_embedded_split(config, bundle, config.data.train_split)
-    eval_data = datasets.load_embedded_split(config, bundle, config.data.eval_split)
-    pipe, pair_report = datasets.make_train_pipeline(config, train_data, workdir, per_process_batch)
-    grid_idx = datasets.sample_grid_conditioning(eval_data, int(config.train.num_sample_rows))
-    grid_cond = datasets.EmbeddedSplit(
+    bundle = assets.load_encoder(config)
+    train_data = assets.embedded_split(config, bundle, config.data.train_split)
+    eval_data = assets.embedded_split(config, bundle, config.data.eval_split)
+    pipe, pair_report = make_train_pipeline(config, train_data, workdir, per_process_batch)
+    grid_idx = sample_grid_conditioning(eval_data, int(config.train.num_sample_rows))
+    grid_cond = assets.EmbeddedSplit(
         eval_data.images[grid_idx],
         eval_data.labels[grid_idx],
         np.asarray(eval_data.tokens[grid_idx], np.float32),
         eval_data.cls[grid_idx],
     )
 
-    model = generate.build_model(config)
+    model = decoder.build_model(config)
     tx = make_optimizer(config.train)
     example = {
         "target": train_data.images[:1],
@@ -224,7 +228,7 @@ def train_and_evaluate(config, workdir: str) -> tuple[TrainState, dict[str, Any]
         train_step,
         model_apply=_model_apply(model),
         encoder_apply=_encoder_apply(bundle) if use_sim else None,
-        logsnr_fn=generate.training_logsnr_fn(config),
+        logsnr_fn=decoder.training_logsnr_fn(config),
         tx=tx,
         hp=hp,
     )
@@ -237,11 +241,11 @@ def train_and_evaluate(config, workdir: str) -> tuple[TrainState, dict[str, Any]
         out_shardings=(state_shardings, parallel.replicated(mesh)),
         donate_argnums=(0,),
     )
-    variation_fn = generate.make_variation_fn(config, model)
+    variation_fn = decoder.make_variation_fn(config, model)
     lr_fn = learning_rate_schedule(config.train)
 
     ckpt = checkpointing.Checkpointer(
-        os.path.join(workdir, "checkpoints"),
+        run_dir.checkpoints_dir(workdir),
         keep=int(config.train.keep_checkpoints),
     )
     start_step = 0
@@ -256,7 +260,7 @@ def train_and_evaluate(config, workdir: str) -> tuple[TrainState, dict[str, Any]
         )
 
     num_steps = int(config.train.num_steps)
-    summary_path = os.path.join(workdir, "summary.json")
+    summary_path = run_dir.summary_path(workdir)
     if start_step >= num_steps and os.path.isfile(summary_path):
         logging.info("%s already trained to step %d; nothing to do", workdir, start_step)
         ckpt.close()

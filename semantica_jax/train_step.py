@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from semantica_jax.diffusion import losses, schedules
+from semantica_jax.diffusion import losses
+from semantica_jax.utils.cosine import rowwise_cosine
 
 # Edges of the logSNR buckets for the per-noise-level loss summaries.
 LOGSNR_BUCKET_EDGES = (-5.0, 0.0, 5.0)
@@ -91,13 +92,6 @@ def _streams(rng: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
     return {name: jax.random.fold_in(key, i) for i, name in enumerate(names)}
 
 
-def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Row-wise cosine similarity of [B, D] arrays -> [B]."""
-    a = a / jnp.sqrt(jnp.sum(a * a, -1, keepdims=True) + 1e-12)
-    b = b / jnp.sqrt(jnp.sum(b * b, -1, keepdims=True) + 1e-12)
-    return jnp.sum(a * b, -1)
-
-
 def _bucket_metrics(per_example: jax.Array, logsnr: jax.Array) -> dict[str, jax.Array]:
     """Mean loss within each logSNR bucket (NaN-free: empty buckets report 0 with count 0)."""
     edges = (-jnp.inf, *LOGSNR_BUCKET_EDGES, jnp.inf)
@@ -144,9 +138,8 @@ def train_step(
     rngs = _streams(state.rng, state.step)
     t = jax.random.uniform(rngs["time"], (bsz,))
     logsnr = logsnr_fn(t)
-    alpha, sigma = schedules.alpha_sigma(logsnr)
     eps = jax.random.normal(rngs["noise"], x.shape, x.dtype)
-    z_t = alpha[:, None, None, None] * x + sigma[:, None, None, None] * eps
+    z_t = losses.diffuse(x, eps, logsnr)
     drop_cond = jax.random.bernoulli(rngs["drop_cond"], hp.p_uncond, (bsz,))
     use_sim = hp.sim_loss_weight > 0 and encoder_apply is not None
 
@@ -162,7 +155,7 @@ def train_step(
             if hp.sim_loss_clip_x:
                 x_pred = jnp.clip(x_pred, -1.0, 1.0)
             feats_clean = jax.lax.stop_gradient(encoder_apply(encoder_params, x))
-            sim = 1.0 - _cosine(feats_clean, encoder_apply(encoder_params, x_pred))
+            sim = 1.0 - rowwise_cosine(feats_clean, encoder_apply(encoder_params, x_pred))
             aux["sim_loss"] = jnp.mean(sim)
             total = total + hp.sim_loss_weight * aux["sim_loss"]
         return total, aux

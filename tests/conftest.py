@@ -4,6 +4,7 @@ Nothing is taken from ~/.cache: the session builds what it needs in a temporary 
 """
 
 import os
+import subprocess
 import sys
 
 import pytest
@@ -29,3 +30,194 @@ def session_cache(tmp_path_factory) -> str:
 def mnist_data_dir(session_cache) -> str:
     """The TFDS data dir with MNIST prepared (once per session)."""
     return os.path.join(session_cache, "tfds")
+
+
+# --- a trained tiny workdir and user inputs, for the tools ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tool_workdir(session_cache, tmp_path_factory) -> str:
+    """A tiny run (2 steps, one checkpoint, no sample grid) trained in-process."""
+    from configs import mnist
+    from semantica_jax import train
+
+    config = mnist.get_config("tiny")
+    config.cache_dir = session_cache
+    config.train.num_steps = 2
+    config.train.checkpoint_every = 2
+    config.train.eval_every = 0
+    path = str(tmp_path_factory.mktemp("tools_run"))
+    train.train_and_evaluate(config, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tool_inputs(tmp_path_factory) -> dict[str, str]:
+    """A grey PNG at model size, an RGB JPEG of another size, a float .npy, a corrupt PNG
+    and a .npy holding a batch instead of one image."""
+    import numpy as np
+    from PIL import Image
+
+    size = 28
+    d = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    paths = {
+        "png": str(d / "a.png"),
+        "jpg": str(d / "b.jpg"),
+        "npy": str(d / "c.npy"),
+        "bad": str(d / "bad.png"),
+        "bad_npy": str(d / "bad.npy"),
+    }
+    Image.fromarray(rng.integers(0, 256, (size, size), np.uint8)).save(paths["png"])
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), np.uint8)).save(paths["jpg"])
+    np.save(paths["npy"], rng.uniform(-1, 1, (size, size, 1)).astype(np.float32))
+    with open(paths["bad"], "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n truncated")
+    np.save(paths["bad_npy"], np.zeros((2, size, size, 1), np.float32))
+    return paths
+
+
+@pytest.fixture(scope="session")
+def run_tool():
+    """run_tool(name, *args) -> CompletedProcess of `python -m semantica_jax.tools.<name>`."""
+
+    def run(module: str, *args: str) -> subprocess.CompletedProcess:
+        env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+        env["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+        return subprocess.run(
+            [sys.executable, "-m", f"semantica_jax.tools.{module}", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    return run
+
+
+def tool_ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="session")
+def ok():
+    """ok(proc) asserts exit 0 (showing stderr otherwise) and returns proc."""
+    return tool_ok
+
+
+# --- tiny encoders and synthetic images -------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def small_vit():
+    """A 1-block, 16-wide ViT encoder config (28x28x1, patch 4 -> 49 tokens)."""
+    from semantica_jax.models.vit import ViTConfig
+
+    return ViTConfig(
+        image_size=28,
+        channels=1,
+        patch_size=4,
+        width=16,
+        depth=1,
+        heads=2,
+        mlp_ratio=2,
+        embed_dim=8,
+    )
+
+
+@pytest.fixture(scope="session")
+def config_vit():
+    """The encoder of configs/mnist.py:tiny."""
+    from configs import mnist
+    from semantica_jax.models.vit import ViTConfig
+
+    return ViTConfig.from_config(mnist.get_config("tiny").encoder, 28, 1)
+
+
+@pytest.fixture(scope="session")
+def make_bundle():
+    """make_bundle(vit, seed=0, path='', key='k') -> a randomly initialised EncoderBundle."""
+    import jax
+
+    from semantica_jax.encoder import bundle as bundle_lib
+
+    def make(vit, seed: int = 0, path: str = "", key: str = "k"):
+        model = vit.module()
+        params = jax.device_get(bundle_lib.init_params(model, jax.random.key(seed)))
+        return bundle_lib.EncoderBundle(model, params, path, key, bundle_lib.hash_params(params))
+
+    return make
+
+
+def _bars(num: int, seed: int):
+    """Two-class synthetic set: class 0 = a vertical bar, class 1 = a horizontal bar.
+
+    Returns uint8 [num, 28, 28, 1] (random position, length and noise) and int32 labels.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(num) % 2).astype(np.int32)
+    images = rng.integers(0, 40, size=(num, 28, 28), dtype=np.int32)
+    for i, label in enumerate(labels):
+        pos, lo = rng.integers(5, 21), rng.integers(2, 8)
+        hi = lo + rng.integers(12, 19)
+        if label == 0:
+            images[i, lo:hi, pos : pos + 3] = 255
+        else:
+            images[i, pos : pos + 3, lo:hi] = 255
+    return images.astype(np.uint8)[..., None], labels
+
+
+@pytest.fixture(scope="session")
+def bars():
+    """bars(num, seed) -> (uint8 [num, 28, 28, 1], int32 [num]): two separable classes."""
+    return _bars
+
+
+@pytest.fixture(scope="session")
+def random_digits():
+    """random_digits(num, seed) -> uint8 [num, 28, 28, 1] of uniform noise."""
+    import numpy as np
+
+    def make(num: int, seed: int):
+        return np.random.default_rng(seed).integers(0, 256, (num, 28, 28, 1), dtype=np.uint8)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_cfg():
+    """tiny_encoder_cfg(**overrides) -> the tiny config's encoder section, set for 40 quick
+    steps, with overrides."""
+    from configs import mnist
+
+    def make(**overrides):
+        cfg = mnist.get_config("tiny").encoder
+        cfg.unlock()
+        cfg.update(
+            dict(num_steps=40, batch_size=16, learning_rate=3e-3, warmup_steps=5, log_every=20)
+        )
+        cfg.update(overrides)
+        return cfg
+
+    return make
+
+
+@pytest.fixture
+def encode_calls(monkeypatch):
+    """Counts encoder batches the embedding cache actually computes (a reused cache: none)."""
+    from semantica_jax.encoder import embeddings
+
+    calls = []
+    real = embeddings.iter_encode
+
+    def counting(*args, **kwargs):
+        for item in real(*args, **kwargs):
+            calls.append(len(item[2]))
+            yield item
+
+    monkeypatch.setattr(embeddings, "iter_encode", counting)
+    return calls

@@ -5,14 +5,14 @@ import jax.numpy as jnp
 import pytest
 
 from configs import mnist
-from semantica_jax import generate
+from semantica_jax import decoder
 from semantica_jax.models import uvit
 
 
 @pytest.mark.parametrize("variant", mnist.VARIANTS)
 def test_variant_builds(variant):
     config = mnist.get_config(variant)
-    model = generate.build_model(config)
+    model = decoder.build_model(config)
     hw = config.data.image_size
     tokens = (hw // config.encoder.patch_size) ** 2
     shapes = jax.eval_shape(
@@ -23,7 +23,7 @@ def test_variant_builds(variant):
         )
     )
     assert jax.tree.leaves(shapes)
-    logsnr = generate.training_logsnr_fn(config)(jnp.array([0.0, 0.5, 1.0]))
+    logsnr = decoder.training_logsnr_fn(config)(jnp.array([0.0, 0.5, 1.0]))
     assert bool(jnp.all(jnp.diff(logsnr) < 0))
 
 

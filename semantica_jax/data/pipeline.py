@@ -10,12 +10,17 @@ The position (epoch, step within the epoch) is all a resumed run needs: a batch 
 pure function of (seed, epoch, step, process), see `batch_pair_ids`.
 """
 
+import os
 import queue
 import threading
 from collections.abc import Iterator
 from typing import Any
 
+import jax
 import numpy as np
+from absl import logging
+
+from semantica_jax.data import episodes
 
 _SHUFFLE_STREAM = 3  # distinct from the episode/pair streams of episodes.py
 _POLL_S = 0.1  # how often a blocked worker checks for a stop request
@@ -364,3 +369,50 @@ def _check_inputs(
         raise ValueError(f"pairs must be int [P,2] (cond, target); got {pairs.dtype} {pairs.shape}")
     if pairs.size and (pairs.min() < 0 or pairs.max() >= n):
         raise ValueError(f"pairs index images outside [0, {n}): rebuild them for these arrays")
+
+
+def make_train_pipeline(
+    config, data, workdir: str | None, per_process_batch: int
+) -> tuple[Pipeline, dict]:
+    """Episodes -> filtered pairs -> a sharded, resumable, prefetching pipeline.
+
+    Args:
+      config: the full config (episodes, data.prefetch, seed).
+      data: an `assets.EmbeddedSplit` (images, labels, tokens, cls of the train split).
+      workdir: where the pair-similarity report goes; None writes none.
+      per_process_batch: this process's share of the global batch.
+
+    Writes the pair-similarity histogram (PNG + JSON) to `workdir` on process 0.
+    """
+    pairs, report = episodes.build_pairs(data.cls, data.labels, config.episodes, config.seed)
+    logging.info(
+        "pairs: %s", {k: v for k, v in report.items() if not isinstance(v, list | np.ndarray)}
+    )
+    if len(pairs) == 0:
+        raise ValueError(
+            "no training pairs left after filtering; widen config.episodes.low/high or set "
+            "config.episodes.filter=False"
+        )
+    if workdir and jax.process_index() == 0 and "similarities" in report:
+        os.makedirs(workdir, exist_ok=True)
+        episodes.save_similarity_report(
+            report["similarities"],
+            report.get("low_cosine"),
+            report.get("high_cosine"),
+            report,
+            os.path.join(workdir, "pair_similarity.png"),
+            os.path.join(workdir, "pair_similarity.json"),
+        )
+    pipe = Pipeline(
+        data.images,
+        data.tokens,
+        data.cls,
+        data.labels,
+        pairs,
+        batch_size=per_process_batch,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        prefetch=config.data.prefetch,
+    )
+    return pipe, report

@@ -16,6 +16,7 @@ import time
 from types import ModuleType
 
 import numpy as np
+from absl import logging
 
 # Print a progress line at most this often while reading a large split.
 _PROGRESS_EVERY_S = 10.0
@@ -228,10 +229,14 @@ def load_tfds_images(
             last_print = now
             rate = done / (now - start)
             eta = (total - done) / max(rate, 1e-9)
-            print(
-                f"reading {dataset}:{split}: {done}/{total} images, {rate:.0f} img/s, "
-                f"ETA {eta:.0f} s",
-                flush=True,
+            logging.info(
+                "reading %s:%s: %d/%d images, %.0f img/s, ETA %.0f s",
+                dataset,
+                split,
+                done,
+                total,
+                rate,
+                eta,
             )
     if not images:
         empty = np.zeros((0, image_size, image_size, channels), np.uint8)

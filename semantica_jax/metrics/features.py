@@ -5,10 +5,12 @@ encoder would otherwise be graded by the encoder itself (DESIGN §2, Metrics). I
 penultimate layer (a ReLU Dense of <= 128 units) gives the features for FID and
 precision/recall; 128 dims keep the 128x128 covariance well estimated at N = 2,000.
 
-The trained parameters live in `<cache_dir>/feature_net/<key>/` (key = hash of the
-settings and of the data they were trained on): `params/` (checkpointing.save_pytree) and
-`meta.json` (settings, data, test accuracy). The directory is built under a temporary name
-and renamed into place, so a reader sees either nothing or a complete network.
+This module trains, saves, restores and applies it (the module itself is
+`models/feature_net.py`). A saved network is a directory with `params/`
+(checkpointing.save_pytree) and `meta.json` (settings, data, test accuracy), built under a
+temporary name and renamed into place, so a reader sees either nothing or a complete
+network. Where it lives, `<cache_dir>/feature_net/<key>/` (key = hash of the settings and of
+the data it was trained on), is `assets.feature_net`'s business.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,7 +32,9 @@ import optax
 from absl import logging
 from flax.training.train_state import TrainState
 
-from semantica_jax import atomic_files, checkpointing
+from semantica_jax.errors import NonFiniteError
+from semantica_jax.models.feature_net import FeatureNet
+from semantica_jax.utils import atomic_files, checkpointing, image_io
 
 # Bump when the architecture or training code changes in a way that changes the network:
 # it is part of the cache key, so stale cached networks are not reused.
@@ -93,32 +96,6 @@ class FeatureNetSettings:
         return fields
 
 
-class FeatureNet(nn.Module):
-    """Small CNN classifier: conv stages -> Dense(embed_dim) ReLU (features) -> logits.
-
-    Attributes:
-      conv_channels: channels of each 3x3 conv + ReLU + 2x2 max-pool stage.
-      embed_dim: feature width F.
-      num_classes: number of logits.
-    """
-
-    conv_channels: tuple[int, ...] = (32, 64)
-    embed_dim: int = 128
-    num_classes: int = 10
-
-    @nn.compact
-    def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """images [B,H,W,C] in [-1, 1] -> (logits [B,num_classes], feats [B,embed_dim])."""
-        x = images
-        for channels in self.conv_channels:
-            x = nn.relu(nn.Conv(channels, (3, 3))(x))
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = x.reshape(x.shape[0], -1)
-        feats = nn.relu(nn.Dense(self.embed_dim)(x))
-        logits = nn.Dense(self.num_classes)(feats)
-        return logits, feats
-
-
 @dataclasses.dataclass(frozen=True)
 class FeatureNetBundle:
     """A trained feature network.
@@ -141,11 +118,6 @@ class FeatureNetBundle:
 def build_model(settings: FeatureNetSettings) -> FeatureNet:
     """The FeatureNet module for the given settings."""
     return FeatureNet(settings.conv_channels, settings.embed_dim, settings.num_classes)
-
-
-def uint8_to_model_range(images: jax.Array) -> jax.Array:
-    """uint8 [..] in [0, 255] -> float32 in [-1, 1] (the library's image convention)."""
-    return images.astype(jnp.float32) / 127.5 - 1.0
 
 
 def random_shift(images: jax.Array, rng: jax.Array, max_shift: int) -> jax.Array:
@@ -189,7 +161,7 @@ def train_step(
 
     Returns the new state and {'loss', 'accuracy'} of the batch (before the update).
     """
-    inputs = random_shift(uint8_to_model_range(images), rng, max_shift)
+    inputs = random_shift(image_io.to_model_range(images), rng, max_shift)
 
     def loss_fn(params):
         logits, _ = state.apply_fn({"params": params}, inputs)
@@ -253,7 +225,7 @@ def train_feature_net(
         if done % settings.log_every == 0 or done == settings.num_steps:
             loss = float(metrics["loss"])
             if not np.isfinite(loss):
-                raise FloatingPointError(
+                raise NonFiniteError(
                     f"feature net loss is {loss} at step {done}; lower the learning rate."
                 )
             elapsed = time.perf_counter() - start
@@ -287,22 +259,6 @@ def _batched_apply(
     return np.concatenate(outputs)
 
 
-def _as_model_input(images: np.ndarray) -> np.ndarray:
-    """Checks images [B,H,W,C]; uint8 is converted, float must already be in [-1, 1]."""
-    images = np.asarray(images)
-    if images.ndim != 4:
-        raise ValueError(f"images must be [B,H,W,C]; got shape {images.shape}.")
-    if images.dtype == np.uint8:
-        return images.astype(np.float32) / 127.5 - 1.0
-    images = images.astype(np.float32)
-    if images.size and (images.min() < -1.5 or images.max() > 1.5):
-        raise ValueError(
-            f"float images span [{images.min():.3g}, {images.max():.3g}]; the feature net "
-            "expects [-1, 1] (x / 127.5 - 1 for uint8 pixels)."
-        )
-    return images
-
-
 def make_apply(bundle: FeatureNetBundle) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
     """Jitted images [B,H,W,C] in [-1,1] -> (logits [B,K], feats [B,F]) for a bundle."""
     # Params go in as an argument, not a closure, so they are not baked into the program.
@@ -316,20 +272,22 @@ def feature_fn(
     """The metric features of a trained bundle.
 
     Args:
-      bundle: from `load_or_train_feature_net` (or built from `train_feature_net`).
+      bundle: from `assets.feature_net` (or built from `train_feature_net`).
       batch_size: images per jitted call (the last batch is padded).
 
     Returns:
       fn(images [B,H,W,C] float in [-1,1] (or uint8)) -> float32 numpy [B,F].
     """
     apply = make_apply(bundle)
-    return lambda images: _batched_apply(lambda x: apply(x)[1], _as_model_input(images), batch_size)
+    return lambda images: _batched_apply(
+        lambda x: apply(x)[1], image_io.as_model_input(images), batch_size
+    )
 
 
 def classify(bundle: FeatureNetBundle, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
     """Predicted labels int32 [B] of images [B,H,W,C] in [-1,1] (or uint8)."""
     apply = make_apply(bundle)
-    logits = _batched_apply(lambda x: apply(x)[0], _as_model_input(images), batch_size)
+    logits = _batched_apply(lambda x: apply(x)[0], image_io.as_model_input(images), batch_size)
     return np.argmax(logits, axis=-1).astype(np.int32)
 
 
@@ -347,7 +305,7 @@ def feature_net_key(settings: FeatureNetSettings, data: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _restore(path: str) -> FeatureNetBundle:
+def restore_feature_net(path: str) -> FeatureNetBundle:
     """Loads a bundle saved by `save_feature_net`."""
     with open(os.path.join(path, "meta.json")) as f:
         meta = json.load(f)
@@ -406,59 +364,3 @@ def train_and_score(
         time.perf_counter() - start,
     )
     return dataclasses.replace(bundle, test_accuracy=test_accuracy)
-
-
-def load_or_train_feature_net(
-    config, settings: FeatureNetSettings | None = None
-) -> FeatureNetBundle:
-    """The MNIST-FID feature network for a config: from the cache, or trained and cached.
-
-    Args:
-      config: full config; uses cache_dir, data.{dataset, image_size, channels,
-        train_split, eval_split, max_examples} and eval.feature_net_steps.
-      settings: overrides FeatureNetSettings.from_config(config) (tests).
-
-    Returns:
-      A FeatureNetBundle whose `path` is `<cache_dir>/feature_net/<key>`.
-    """
-    # Imported here: mnist.py pulls in TensorFlow/TFDS, which the metric maths never needs.
-    from semantica_jax.data import mnist
-
-    settings = settings or FeatureNetSettings.from_config(config)
-    cfg_data = config.data
-    data = {
-        "dataset": cfg_data.dataset,
-        "train_split": cfg_data.train_split,
-        "eval_split": cfg_data.eval_split,
-        "image_size": int(cfg_data.image_size),
-        "channels": int(cfg_data.channels),
-        "max_examples": int(cfg_data.max_examples),
-    }
-    path = os.path.join(config.cache_dir, "feature_net", feature_net_key(settings, data))
-    if os.path.isfile(os.path.join(path, "meta.json")):
-        logging.info("feature net: cached at %s", path)
-        return _restore(path)
-    logging.info("feature net: training %s into %s", settings, path)
-    data_dir = mnist.resolve_data_dir(config)
-
-    def split(name):
-        return mnist.load_split(
-            cfg_data.dataset,
-            name,
-            data_dir,
-            cfg_data.image_size,
-            cfg_data.channels,
-            max_examples=cfg_data.max_examples,
-        )
-
-    train_images, train_labels = split(cfg_data.train_split)
-    test_images, test_labels = split(cfg_data.eval_split)
-    bundle = train_and_score(train_images, train_labels, test_images, test_labels, settings)
-    if bundle.test_accuracy < 0.99:
-        logging.warning(
-            "feature net test accuracy %.4f < 0.99: FID on this network is a weak yardstick "
-            "(fine for tiny smoke configs; raise eval.feature_net_steps for real runs).",
-            bundle.test_accuracy,
-        )
-    save_feature_net(path, bundle, train_images.shape[1:], data)
-    return _restore(path)

@@ -13,6 +13,7 @@
 import numpy as np
 
 from semantica_jax.metrics.fewshot import kshot_metrics
+from semantica_jax.utils.cosine import l2_normalize
 
 
 def _check_grouped(x: np.ndarray, name: str) -> np.ndarray:
@@ -43,8 +44,7 @@ def alignment(cond_emb: np.ndarray, sample_emb: np.ndarray, eps: float = 1e-12) 
             f"cond_emb has shape {cond_emb.shape}; expected (K, E) = "
             f"{(sample_emb.shape[0], sample_emb.shape[2])} to match sample_emb {sample_emb.shape}."
         )
-    cond_unit = cond_emb / np.maximum(np.linalg.norm(cond_emb, axis=-1, keepdims=True), eps)
-    sample_unit = sample_emb / np.maximum(np.linalg.norm(sample_emb, axis=-1, keepdims=True), eps)
+    cond_unit, sample_unit = l2_normalize(cond_emb, eps), l2_normalize(sample_emb, eps)
     return float(np.mean(np.einsum("ke,kse->ks", cond_unit, sample_unit)))
 
 

@@ -1,7 +1,7 @@
 """Denoising by starting the reverse process part-way (seed 001's task B1; SDEdit).
 
-  python -m semantica_jax.denoise --workdir=DIR --image=digit.png --noise=0.5 --out=den.png
-  python -m semantica_jax.denoise --workdir=DIR --image=noisy.png --noisy --noise=0.3 \
+  python -m semantica_jax.tools.denoise --workdir=DIR --image=digit.png --noise=0.5 --out=den.png
+  python -m semantica_jax.tools.denoise --workdir=DIR --image=noisy.png --noisy --noise=0.3 \
       --out=den.png
 
 Noise level. `--noise` is the standard deviation s of additive Gaussian noise on the image
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from typing import Any
 
@@ -37,8 +36,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from semantica_jax import errors
+from semantica_jax import workdir as run_dir
 from semantica_jax.diffusion import samplers
-from semantica_jax.sample import ToolError, define_workdir_flags
+from semantica_jax.errors import UserError
+from semantica_jax.tools import cli
 
 CONDITIONS = ("null", "self")
 # Smallest t_start handed to the sampler: its grid needs t > 0 at every model call.
@@ -73,17 +75,17 @@ def noise_level(noise_std: float, schedule) -> NoiseLevel:
         `t_from_logsnr`).
 
     Raises:
-      ToolError: s is not positive, or outside the noise levels the schedule covers
+      UserError: s is not positive, or outside the noise levels the schedule covers
         (the message gives the range).
     """
     s = float(noise_std)
     if not (math.isfinite(s) and s > 0.0):
-        raise ToolError(f"--noise must be a positive noise std (e.g. 0.5), got {noise_std}")
+        raise UserError(f"--noise must be a positive noise std (e.g. 0.5), got {noise_std}")
     logsnr = -2.0 * math.log(s)
     logsnr_clean, logsnr_noisy = float(schedule(0.0)), float(schedule(1.0))
     s_min, s_max = math.exp(-0.5 * logsnr_clean), math.exp(-0.5 * logsnr_noisy)
     if not s_min <= s <= s_max:
-        raise ToolError(
+        raise UserError(
             f"--noise={s:g} is outside the levels the model was trained on "
             f"[{s_min:.3g}, {s_max:.3g}] (noise std in the [-1, 1] image range)"
         )
@@ -200,9 +202,9 @@ def panels(inputs: np.ndarray, y: np.ndarray, restored: np.ndarray) -> np.ndarra
       inputs: uint8 [B, H, W, C]; y, restored: float [B, H, W, C] in [-1, 1] (y is
         clipped for display).
     """
-    from semantica_jax import generate
+    from semantica_jax.utils import image_io
 
-    shown = [inputs, generate.to_uint8(np.clip(y, -1, 1)), generate.to_uint8(restored)]
+    shown = [inputs, image_io.to_uint8(np.clip(y, -1, 1)), image_io.to_uint8(restored)]
     return np.stack(shown, axis=1).reshape(-1, *inputs.shape[1:])
 
 
@@ -241,36 +243,30 @@ def denoise_image(
       (out, metrics): metrics holds t_start and, in clean mode, the MSE of the noisy and
       of the restored image against the clean one (in the [-1, 1] range).
     """
-    from semantica_jax import generate, image_io
-    from semantica_jax.sample import load_inputs, load_run_config, restore_decoder
+    from semantica_jax import decoder
+    from semantica_jax.utils import image_io
 
-    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    log = log or cli.stderr_log
     if condition not in CONDITIONS:
-        raise ToolError(f"--condition must be one of {', '.join(CONDITIONS)}, got {condition!r}")
-    if steps < 0:
-        raise ToolError(f"--steps must be >= 0 (0 = the run's sampler.num_steps), got {steps}")
-    if scale < 1:
-        raise ToolError(f"--scale must be >= 1, got {scale}")
-    if kind and kind not in samplers.KINDS:
-        raise ToolError(f"--kind must be one of {', '.join(samplers.KINDS)}, got {kind!r}")
-    config = load_run_config(workdir, cache_dir)
-    schedule = generate.training_logsnr_fn(config)
+        raise UserError(f"--condition must be one of {', '.join(CONDITIONS)}, got {condition!r}")
+    overrides = cli.check_sampler_flags(steps, kind, scale)
+    config = run_dir.load_config(workdir, cache_dir)
+    schedule = decoder.training_logsnr_fn(config)
     level = noise_level(noise_std, schedule)
-    inputs = load_inputs([image_path], config.data.image_size, config.data.channels, log)
-    params, step = restore_decoder(workdir)
-    overrides = {"num_steps": int(steps)} if steps else {}
-    if kind:
-        overrides["kind"] = kind
-    settings = generate.SamplerSettings.from_config(config, **overrides)
+    inputs = cli.load_inputs([image_path], config.data.image_size, config.data.channels, log)
+    params, step = run_dir.restore_ema_params(workdir)
+    settings = decoder.SamplerSettings.from_config(config, **overrides)
 
     noise_rng, sample_rng = jax.random.split(jax.random.PRNGKey(int(seed)))
-    x = jnp.asarray(generate.to_model_range(inputs))
+    x = jnp.asarray(image_io.to_model_range(inputs))
     y = x if noisy else add_noise(x, level.noise_std, noise_rng)
     if condition == "self":
-        from semantica_jax import datasets, encoder
+        from semantica_jax import assets
+        from semantica_jax.encoder.encode import encode
 
-        bundle = datasets.load_encoder(config)
-        tokens, cls = encoder.encode(bundle, np.clip(np.asarray(y), -1.0, 1.0))
+        tokens, cls = encode(
+            assets.load_or_train_encoder(config, log), np.clip(np.asarray(y), -1.0, 1.0)
+        )
         cond = {"tokens": tokens, "cls": cls}
     else:
         cond = null_cond(config, len(inputs))
@@ -281,7 +277,7 @@ def denoise_image(
     )
     start = time.perf_counter()
     restored = denoise(
-        generate.DecoderApply(generate.build_model(config)),
+        decoder.DecoderApply(decoder.build_model(config)),
         params,
         y,
         level.noise_std,
@@ -311,7 +307,7 @@ def _define_flags():
     from absl import flags
 
     return dict(
-        define_workdir_flags("Integer upscaling of the PNG."),
+        cli.define_workdir_flags("Integer upscaling of the PNG."),
         image=flags.DEFINE_string("image", None, "Input image (PNG/JPEG/.npy)."),
         noise=flags.DEFINE_float(
             "noise", 0.5, "Noise std s of y = x + s*n in the [-1, 1] image range."
@@ -326,12 +322,10 @@ def _define_flags():
 
 
 def run(argv: list[str] | None = None) -> None:
-    """Entry point of `python -m semantica_jax.denoise`."""
-    from semantica_jax import cli
-
-    f = cli.start_tool(_define_flags, ["workdir", "image"], argv)
+    """Entry point of `python -m semantica_jax.tools.denoise`."""
+    f = cli.start(_define_flags, ["workdir", "image"], argv, doc=__doc__)
     start = time.perf_counter()
-    with cli.one_line_errors(ToolError, FileNotFoundError):
+    with errors.reported():
         out, metrics = denoise_image(
             f["workdir"],
             f["image"],

@@ -1,4 +1,6 @@
-"""Reading user images (PNG/JPEG/.npy) into model-sized uint8 arrays, writing PNG grids.
+"""Image files and the pixel range: user images (PNG/JPEG/.npy) in, PNG grids out, and the
+one conversion between uint8 pixels and the model's [-1, 1] range (`to_model_range`,
+`to_uint8`, `as_model_input`).
 
 `load_image` is what the command-line tools use for their inputs; `save_grid` writes sample
 sheets. Both are used by several tools, so their behaviour is kept simple and explicit.
@@ -8,11 +10,14 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from semantica_jax import atomic_files
+from semantica_jax.utils import atomic_files
 
 
 class ImageReadError(ValueError):
@@ -105,12 +110,54 @@ def load_image(path: str, image_size: int, channels: int) -> tuple[np.ndarray, s
     return array, ("; ".join(notes) or None)
 
 
-def _to_uint8(images: np.ndarray) -> np.ndarray:
+# Model range: images are float32 in [-1, 1]; files and caches hold uint8 [0, 255].
+# Float inputs may overshoot [-1, 1] a little (unclipped samples) and are clipped; further
+# out than this is a scale mistake (e.g. 0..255 floats) and an error.
+FLOAT_RANGE_SLACK = 0.5
+
+
+def to_model_range(images: Any) -> Any:
+    """uint8 [0, 255] -> float32 [-1, 1]; float input is taken as [-1, 1] already.
+
+    Works on numpy and jax arrays (traced ones too) and returns the same kind.
+    """
+    xp = jnp if isinstance(images, jax.Array) else np
+    images = xp.asarray(images)
+    if images.dtype == xp.uint8:
+        return images.astype(xp.float32) / 127.5 - 1.0
+    return images.astype(xp.float32)
+
+
+def to_uint8(images: Any) -> np.ndarray:
+    """float [-1, 1] -> uint8 [0, 255] (rounded, clipped); uint8 passes through. Numpy out."""
     images = np.asarray(images)
     if images.dtype == np.uint8:
         return images
-    # Library images are float in [-1, 1].
     return np.clip(np.rint((images.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def as_model_input(images: Any) -> np.ndarray:
+    """A checked batch for a network: [N, H, W, C] -> float32 numpy in [-1, 1].
+
+    uint8 is converted; float must lie within [-1, 1] up to FLOAT_RANGE_SLACK and is clipped.
+
+    Raises:
+      ValueError: not 4-D, or floats outside the tolerated range (the message says how to
+        rescale).
+    """
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"expected images [N, H, W, C], got shape {images.shape}")
+    if images.dtype == np.uint8:
+        return to_model_range(images)
+    images = images.astype(np.float32)
+    bound = 1.0 + FLOAT_RANGE_SLACK
+    if images.size and (images.min() < -bound or images.max() > bound):
+        raise ValueError(
+            f"float images must be in [-1, 1], got [{images.min():.3g}, {images.max():.3g}]; "
+            "pass uint8 or rescale with x / 127.5 - 1"
+        )
+    return np.clip(images, -1.0, 1.0)
 
 
 def make_grid(
@@ -124,7 +171,7 @@ def make_grid(
       padding: pixels of black between images.
       scale: integer nearest-neighbour upscaling of the whole grid (28 px digits are small).
     """
-    images = _to_uint8(images)
+    images = to_uint8(images)
     if images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
         raise ValueError(f"a grid needs [N>0, H, W, 1|3] images, got {images.shape}")
     num, height, width, chans = images.shape

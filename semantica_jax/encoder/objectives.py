@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from semantica_jax.utils.cosine import l2_normalize
+
 
 class ClassIndex(NamedTuple):
     """Labels grouped by class, so that same/different-class partners can be drawn on device.
@@ -89,11 +91,6 @@ def sample_pairs(
     )
     partner = index.sorted_index[index.class_offset[partner_class] + member]
     return anchor, partner, same
-
-
-def l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
-    """x / ||x|| along the last axis, safe at 0. [..., E] -> [..., E]."""
-    return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True) + eps)
 
 
 def contrastive_loss(

@@ -1,6 +1,7 @@
 """Embedding cache: frozen-encoder tokens and CLS of every image of a split, computed once.
 
-Layout: `<cache_dir>/embeddings/<encoder key>/<dataset>-<split>[-first<n>]/` holding
+Layout (the directory is chosen by `assets.embedded_split`:
+`<cache_dir>/embeddings/<encoder key>/<dataset>-<split>[-first<n>]/`), holding
   * `tokens.npy`: float16 [N, T, D] (read back memory-mapped: 60k MNIST images are ~380 MB),
   * `cls.npy`: float32 [N, D] (small, and the cosine filters want full precision),
   * `manifest.json`: what the arrays were computed from: encoder key, a hash of the actual
@@ -17,18 +18,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
-import ml_collections
 import numpy as np
+from absl import logging
 
-from semantica_jax import atomic_files, encoder
-from semantica_jax.encoder import EncoderBundle, Log, log_stderr
+from semantica_jax.encoder.bundle import EncoderBundle
+from semantica_jax.encoder.encode import iter_encode
+from semantica_jax.utils import atomic_files
+
+Log = Callable[[str], None]
 
 CACHE_FORMAT = 1
 _MANIFEST = "manifest.json"
@@ -108,7 +110,7 @@ def _build(
         )
         cls = np.zeros((num, width), np.float32)
         start_time, next_report = time.perf_counter(), 0.1
-        for start, tok, c in encoder.iter_encode(bundle, images, batch_size, with_tokens=True):
+        for start, tok, c in iter_encode(bundle, images, batch_size, with_tokens=True):
             tokens[start : start + len(c)] = tok.astype(np.float16)
             cls[start : start + len(c)] = c
             done = (start + len(c)) / max(num, 1)
@@ -152,7 +154,7 @@ def cached_embeddings(
     identity: dict,
     *,
     batch_size: int = 256,
-    log: Log = log_stderr,
+    log: Log = logging.info,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Returns the embeddings of `images` from `directory`, (re)building it if needed.
 
@@ -186,53 +188,3 @@ def _open(directory: str) -> tuple[np.ndarray, np.ndarray]:
     tokens = np.load(os.path.join(directory, "tokens.npy"), mmap_mode="r")
     cls = np.load(os.path.join(directory, "cls.npy"))
     return tokens, cls
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
-def embedding_cache(
-    config: ml_collections.ConfigDict,
-    bundle: EncoderBundle,
-    split: str,
-    *,
-    load_split: Callable[..., Any] | None = None,
-    log: Log = log_stderr,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens and CLS of every image of `split` of `config.data.dataset`, cached.
-
-    Args:
-      config: the full config (data section, cache_dir).
-      bundle: the frozen encoder (`encoder.load_or_train_encoder`).
-      split: TFDS split name.
-      load_split: `data.mnist.load_split`-compatible reader (tests pass a fake); default
-        reads the split through TFDS.
-      log: progress sink.
-
-    Returns:
-      (tokens float16 [N, T, D] read-only memmap, cls float32 [N, D]).
-    """
-    if load_split is None:
-        from semantica_jax.data import mnist as mnist_data
-
-        load_split = mnist_data.load_split
-        data_dir = mnist_data.resolve_data_dir(config)
-    else:
-        data_dir = config.data.data_dir or os.path.join(config.cache_dir, "tfds")
-    data = config.data
-    images, _ = load_split(
-        data.dataset, split, data_dir, data.image_size, data.channels, data.max_examples
-    )
-    identity = cache_identity(
-        bundle, images, dataset=data.dataset, split=split, max_examples=data.max_examples
-    )
-    directory = os.path.join(
-        os.path.abspath(config.cache_dir),
-        "embeddings",
-        bundle.key or "unkeyed",
-        # max_examples in the name: a smoke run on a slice must not evict the full cache.
-        f"{_slug(data.dataset)}-{_slug(split)}"
-        + (f"-first{int(data.max_examples)}" if data.max_examples else ""),
-    )
-    return cached_embeddings(directory, bundle, images, identity, log=log)

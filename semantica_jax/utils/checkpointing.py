@@ -176,21 +176,19 @@ class Checkpointer:
 
 
 def restore_params(
-    workdir_or_checkpoints: str | os.PathLike, step: int | None = None, item: str = "ema_params"
+    checkpoints: str | os.PathLike, step: int | None = None, item: str = "ema_params"
 ) -> tuple[Any, int]:
     """Restores one subtree of a training checkpoint alone (EMA params for sampling/eval).
 
     Args:
-      workdir_or_checkpoints: a training workdir or its `checkpoints/` directory.
+      checkpoints: the directory a `Checkpointer` wrote (`workdir.checkpoints_dir(WORKDIR)`).
       step: which step; None = the latest.
       item: which TrainState field: 'ema_params' (default) or 'params'.
 
     Returns:
       (tree, step) with the tree's leaves as jax arrays on the first local device.
     """
-    root = _abspath(workdir_or_checkpoints)
-    if os.path.isdir(os.path.join(root, "checkpoints")):
-        root = os.path.join(root, "checkpoints")
+    root = _abspath(checkpoints)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"no checkpoints under {root}; train first (main --mode=train)")
     with ocp.CheckpointManager(root, item_names=(_STATE, _DATA)) as manager:

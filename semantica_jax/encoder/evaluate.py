@@ -1,35 +1,24 @@
-"""Evaluation of the frozen encoder and its command line job.
+"""Evaluation of the frozen encoder.
 
 * `knn_accuracy`: k-NN (cosine on CLS, majority vote) accuracy of queries against a gallery.
 * `cosine_distributions`: same-class vs different-class CLS cosine statistics (+ ROC AUC).
-* `run_encoder_job(config, workdir)`: train into WORKDIR/encoder (or reuse it), evaluate on
-  the test split with the train split as gallery, write WORKDIR/encoder_eval.json and
-  WORKDIR/encoder_cosine_hist.png; afterwards the encoder is also installed in the cache
-  dir under its key (if absent) so that training jobs reuse it.
-
-Run:
-  python -m semantica_jax.encoder --config=configs/encoder_mnist.py --workdir=DIR
+* `evaluate_encoder`: both, for a bundle on a gallery and a query set.
+The job that trains and evaluates an encoder into a workdir is `train_encoder.py`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
 
-import ml_collections
 import numpy as np
+from absl import logging
 
-from semantica_jax import atomic_files, encoder
-from semantica_jax.encoder import EncoderBundle, Log, log_stderr
+from semantica_jax.encoder.bundle import EncoderBundle
+from semantica_jax.encoder.encode import encode
+from semantica_jax.utils import atomic_files
+from semantica_jax.utils.cosine import l2_normalize
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def knn_predict(
@@ -52,7 +41,7 @@ def knn_predict(
     """
     if k < 1 or k > len(gallery):
         raise ValueError(f"k={k} must be in [1, gallery size {len(gallery)}]")
-    gallery, queries = _unit(gallery), _unit(queries)
+    gallery, queries = l2_normalize(gallery), l2_normalize(queries)
     classes, gallery_idx = np.unique(gallery_labels, return_inverse=True)
     preds = np.empty(len(queries), np.int64)
     for start in range(0, len(queries), block):
@@ -116,7 +105,7 @@ def cosine_distributions(
       (report {same, different: mean/std/quantiles, auc}, same_cos [P], diff_cos [P]).
     """
     rng = np.random.default_rng(seed)
-    unit = _unit(cls)
+    unit = l2_normalize(cls)
     classes, label_idx = np.unique(np.asarray(labels), return_inverse=True)
     counts = np.bincount(label_idx)
     order = np.argsort(label_idx, kind="stable")
@@ -171,7 +160,6 @@ def evaluate_encoder(
     *,
     k: int = 5,
     seed: int = 0,
-    log: Log = log_stderr,
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     """k-NN accuracy (CLS cosine) and query-set cosine distributions.
 
@@ -179,10 +167,10 @@ def evaluate_encoder(
       (report dict, same_cos, diff_cos).
     """
     start = time.perf_counter()
-    _, gallery_cls = encoder.encode(bundle, gallery_images, with_tokens=False)
-    _, query_cls = encoder.encode(bundle, query_images, with_tokens=False)
+    _, gallery_cls = encode(bundle, gallery_images, with_tokens=False)
+    _, query_cls = encode(bundle, query_images, with_tokens=False)
     encode_seconds = time.perf_counter() - start
-    log(
+    logging.info(
         f"encoder eval: encoded {len(gallery_cls) + len(query_cls)} images in "
         f"{encode_seconds:.1f} s"
     )
@@ -197,96 +185,3 @@ def evaluate_encoder(
         "encode_seconds": round(encode_seconds, 2),
     }
     return report, same_cos, diff_cos
-
-
-def _install_in_cache(source: str, config: ml_collections.ConfigDict, log: Log) -> None:
-    """Copies a trained encoder dir into <cache_dir>/encoder/<key> if that is still empty."""
-    target = os.path.join(os.path.abspath(config.cache_dir), "encoder", encoder.encoder_key(config))
-    if os.path.exists(target):
-        return
-    tmp = ""
-    try:
-        tmp = atomic_files.temp_dir_beside(target)
-        shutil.copytree(source, tmp, dirs_exist_ok=True)
-        if atomic_files.publish_dir(tmp, target):
-            log(f"encoder: installed in cache {target}")
-    except OSError:
-        pass  # another process installed it first
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def run_encoder_job(config: ml_collections.ConfigDict, workdir: str, log: Log = log_stderr) -> dict:
-    """Trains (or reuses WORKDIR/encoder) and evaluates; returns the evaluation report."""
-    from semantica_jax.data import mnist as mnist_data
-
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    atomic_files.write_json(
-        os.path.join(workdir, "config.json"), config.to_dict(), sort_keys=True, default=list
-    )
-    data_dir = mnist_data.resolve_data_dir(config)
-
-    def split(name):
-        return mnist_data.load_split(
-            config.data.dataset,
-            name,
-            data_dir,
-            config.data.image_size,
-            config.data.channels,
-            config.data.max_examples,
-        )
-
-    train_images, train_labels = split(config.data.train_split)
-    enc_dir = os.path.join(workdir, "encoder")
-    vit = encoder.ViTConfig.from_config(
-        config.encoder, config.data.image_size, config.data.channels
-    )
-    if os.path.isdir(enc_dir):
-        log(f"encoder: {enc_dir} exists; evaluating it (delete it to retrain)")
-        bundle = encoder.load_encoder(enc_dir, expected=vit)
-    else:
-        bundle = encoder.train_and_save(config, enc_dir, train_images, train_labels, log=log)
-        _install_in_cache(enc_dir, config, log)
-    test_images, test_labels = split(config.data.eval_split)
-    report, same_cos, diff_cos = evaluate_encoder(
-        bundle, train_images, train_labels, test_images, test_labels, seed=config.seed, log=log
-    )
-    with open(os.path.join(enc_dir, "encoder.json")) as f:
-        report["train"] = json.load(f).get("train", {})
-    report.update(key=bundle.key, params_hash=bundle.params_hash, encoder_dir=enc_dir)
-    atomic_files.write_json(
-        os.path.join(workdir, "encoder_eval.json"), report, sort_keys=True, default=list
-    )
-    save_cosine_histogram(same_cos, diff_cos, os.path.join(workdir, "encoder_cosine_hist.png"))
-    cos = report["cosine"]
-    accuracy = report[f"knn{report['k']}_accuracy"]
-    log(
-        f"encoder eval: k-NN(k={report['k']}) accuracy {accuracy:.4f}  "
-        f"cos same {cos['same']['mean']:.3f}±{cos['same']['std']:.3f}  "
-        f"different {cos['different']['mean']:.3f}±{cos['different']['std']:.3f}  "
-        f"AUC {cos['auc_same_vs_different']:.4f}  -> {workdir}/encoder_eval.json"
-    )
-    return report
-
-
-def run() -> None:
-    """absl entry point of `python -m semantica_jax.encoder`."""
-    from absl import app, flags, logging
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file(
-        "config", None, "encoder config file, e.g. configs/encoder_mnist.py", lock_config=True
-    )
-    flags.DEFINE_string("workdir", None, "where the encoder and its evaluation are written")
-    flags.mark_flags_as_required(["config", "workdir"])
-
-    def main(argv):
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        # Progress goes to stderr via `log`; Orbax logs every save/restore at INFO.
-        logging.set_verbosity(logging.WARNING)
-        run_encoder_job(flags.FLAGS.config, flags.FLAGS.workdir)
-
-    app.run(main)

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from semantica_jax.diffusion import samplers, schedules
 from semantica_jax.models import uvit
@@ -100,14 +98,3 @@ def make_variation_fn(config, model: uvit.UViT | None = None, **sampler_override
         return sampler(params, cond, rng, guidance)
 
     return fn
-
-
-def to_uint8(images: Any) -> np.ndarray:
-    """[-1,1] floats -> uint8 [.., H, W, C]."""
-    x = np.asarray(images, np.float32)
-    return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def to_model_range(images: Any) -> np.ndarray:
-    """uint8 -> float32 in [-1,1]."""
-    return np.asarray(images, np.float32) / 127.5 - 1.0

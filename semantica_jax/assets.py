@@ -1,0 +1,258 @@
+"""The cache dir and everything built into it once per config, then reused.
+
+`<cache_dir>` is `config.cache_dir` (default `~/.cache/semantica_jax`, or
+`$SEMANTICA_CACHE_DIR`). This module is the only one that knows its layout:
+
+  <cache_dir>/tfds/                                   prepared TFDS data (`data_dir`)
+  <cache_dir>/encoder/<encoder key>/                  the frozen encoder (`load_encoder`)
+  <cache_dir>/embeddings/<encoder key>/<dataset>-<split>[-first<n>]/   (`embedded_split`)
+  <cache_dir>/feature_net/<key>/                      the FID feature network (`feature_net`)
+
+Everything here is written atomically (temp dir, then rename) by the modules that build it,
+and on several processes the first build runs on process 0 while the others wait, then read.
+`load_split(config, split)` is the ONE way to read a split of the config's dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from semantica_jax.encoder import bundle as encoder_bundle
+from semantica_jax.encoder import embeddings
+from semantica_jax.encoder.bundle import EncoderBundle
+from semantica_jax.models.vit import ViTConfig
+from semantica_jax.utils import atomic_files
+
+Log = Callable[[str], None]
+
+
+@dataclasses.dataclass
+class EmbeddedSplit:
+    """One split with its frozen-encoder embeddings.
+
+    images: uint8 [N,H,W,C]; labels: int32 [N]; tokens: float16 [N,T,D] (memory-mapped);
+    cls: float32 [N,D].
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    tokens: np.ndarray
+    cls: np.ndarray
+
+
+def once_per_machine(fn: Callable[..., Any], *args: Any) -> Any:
+    """Runs `fn` on process 0 first (it fills the caches), then on every process (cache hits).
+
+    The caches are written atomically; running the first build on one process avoids several
+    processes training the same encoder.
+    """
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        if jax.process_index() == 0:
+            fn(*args)
+        multihost_utils.sync_global_devices(f"cache:{fn.__name__}")
+    return fn(*args)
+
+
+# --- data --------------------------------------------------------------------------------
+
+
+def data_dir(config: ml_collections.ConfigDict) -> str:
+    """The TFDS data dir: `config.data.data_dir`, or `<config.cache_dir>/tfds` if empty."""
+    return config.data.data_dir or os.path.join(config.cache_dir, "tfds")
+
+
+def load_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Split `split` of `config.data.dataset` at the config's size, channels and max_examples.
+
+    Returns:
+      (images uint8 [N, S, S, C], labels int32 [N]; -1 where the dataset has no labels).
+    """
+    # Imported here: it pulls in TensorFlow Datasets, which tools that only encode avoid.
+    from semantica_jax.data import mnist
+
+    data = config.data
+    return mnist.load_split(
+        data.dataset,
+        split,
+        data_dir(config),
+        data.image_size,
+        data.channels,
+        max_examples=data.max_examples,
+    )
+
+
+# --- the frozen encoder ------------------------------------------------------------------
+
+
+def encoder_dir(config: ml_collections.ConfigDict) -> str:
+    """Where the cached encoder of `config` lives: `<cache_dir>/encoder/<encoder key>`."""
+    key = encoder_bundle.encoder_key(config)
+    return os.path.join(os.path.abspath(config.cache_dir), "encoder", key)
+
+
+def load_or_train_encoder(
+    config: ml_collections.ConfigDict, log: Log = logging.info
+) -> EncoderBundle:
+    """The frozen encoder for `config`: an explicit checkpoint, the cached one, or a new one.
+
+    `config.encoder.checkpoint` non-empty: load it (architecture must match the config).
+    Otherwise look in `encoder_dir(config)`; train there if missing.
+    """
+    from semantica_jax.encoder import train as encoder_train
+
+    vit = ViTConfig.from_config(config.encoder, config.data.image_size, config.data.channels)
+    if config.encoder.checkpoint:
+        return encoder_bundle.load_encoder(config.encoder.checkpoint, expected=vit)
+    directory = encoder_dir(config)
+    if os.path.isfile(os.path.join(directory, "encoder.json")):
+        log(f"encoder: reusing cached {directory}")
+        return encoder_bundle.load_encoder(directory, expected=vit)
+    log(f"encoder: no cached encoder for this config; training into {directory}")
+    images, labels = load_split(config, config.data.train_split)
+    try:
+        return encoder_train.train_and_save(config, directory, images, labels, log=log)
+    except FileExistsError:
+        # Another process finished the same encoder first: use theirs.
+        return encoder_bundle.load_encoder(directory, expected=vit)
+
+
+def load_encoder(config: ml_collections.ConfigDict) -> EncoderBundle:
+    """The frozen encoder for `config`, trained once into the cache dir if absent."""
+    return once_per_machine(load_or_train_encoder, config)
+
+
+def install_encoder(source: str, config: ml_collections.ConfigDict, log: Log) -> None:
+    """Copies a trained encoder dir into `encoder_dir(config)` if that is still empty."""
+    target = encoder_dir(config)
+    if os.path.exists(target):
+        return
+    tmp = ""
+    try:
+        tmp = atomic_files.temp_dir_beside(target)
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        if atomic_files.publish_dir(tmp, target):
+            log(f"encoder: installed in cache {target}")
+    except OSError:
+        pass  # another process installed it first
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- embeddings --------------------------------------------------------------------------
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def embeddings_dir(config: ml_collections.ConfigDict, bundle: EncoderBundle, split: str) -> str:
+    """`<cache_dir>/embeddings/<encoder key>/<dataset>-<split>[-first<n>]`."""
+    data = config.data
+    return os.path.join(
+        os.path.abspath(config.cache_dir),
+        "embeddings",
+        bundle.key or "unkeyed",
+        # max_examples in the name: a smoke run on a slice must not evict the full cache.
+        f"{_slug(data.dataset)}-{_slug(split)}"
+        + (f"-first{int(data.max_examples)}" if data.max_examples else ""),
+    )
+
+
+def embedding_cache(
+    config: ml_collections.ConfigDict,
+    bundle: EncoderBundle,
+    split: str,
+    *,
+    images: np.ndarray | None = None,
+    log: Log = logging.info,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens and CLS of every image of `split`, from the cache or computed into it.
+
+    Args:
+      config: the full config (data section, cache_dir).
+      bundle: the frozen encoder.
+      split: TFDS split name.
+      images: the split's images if the caller has them; None reads them (`load_split`).
+      log: progress sink.
+
+    Returns:
+      (tokens float16 [N, T, D] read-only memmap, cls float32 [N, D]).
+    """
+    if images is None:
+        images, _ = load_split(config, split)
+    data = config.data
+    identity = embeddings.cache_identity(
+        bundle, images, dataset=data.dataset, split=split, max_examples=data.max_examples
+    )
+    directory = embeddings_dir(config, bundle, split)
+    return embeddings.cached_embeddings(directory, bundle, images, identity, log=log)
+
+
+def _embedded_split(config, bundle: EncoderBundle, split: str) -> EmbeddedSplit:
+    images, labels = load_split(config, split)
+    tokens, cls = embedding_cache(config, bundle, split, images=images)
+    return EmbeddedSplit(images, np.asarray(labels, np.int32), tokens, np.asarray(cls))
+
+
+def embedded_split(config, bundle: EncoderBundle, split: str) -> EmbeddedSplit:
+    """A split with its embeddings, computed once per (encoder, dataset, split) and cached."""
+    return once_per_machine(_embedded_split, config, bundle, split)
+
+
+# --- the FID feature network -------------------------------------------------------------
+
+
+def feature_net(config, settings=None):
+    """The MNIST-FID feature network for a config: from the cache, or trained and cached.
+
+    Args:
+      config: full config; uses cache_dir, data.{dataset, image_size, channels,
+        train_split, eval_split, max_examples} and eval.feature_net_steps.
+      settings: overrides `features.FeatureNetSettings.from_config(config)` (tests).
+
+    Returns:
+      A `features.FeatureNetBundle` whose `path` is `<cache_dir>/feature_net/<key>`.
+    """
+    from semantica_jax.metrics import features
+
+    settings = settings or features.FeatureNetSettings.from_config(config)
+    cfg_data = config.data
+    data = {
+        "dataset": cfg_data.dataset,
+        "train_split": cfg_data.train_split,
+        "eval_split": cfg_data.eval_split,
+        "image_size": int(cfg_data.image_size),
+        "channels": int(cfg_data.channels),
+        "max_examples": int(cfg_data.max_examples),
+    }
+    path = os.path.join(config.cache_dir, "feature_net", features.feature_net_key(settings, data))
+    if os.path.isfile(os.path.join(path, "meta.json")):
+        logging.info("feature net: cached at %s", path)
+        return features.restore_feature_net(path)
+    logging.info("feature net: training %s into %s", settings, path)
+    train_images, train_labels = load_split(config, cfg_data.train_split)
+    test_images, test_labels = load_split(config, cfg_data.eval_split)
+    bundle = features.train_and_score(
+        train_images, train_labels, test_images, test_labels, settings
+    )
+    if bundle.test_accuracy < 0.99:
+        logging.warning(
+            "feature net test accuracy %.4f < 0.99: FID on this network is a weak yardstick "
+            "(fine for tiny smoke configs; raise eval.feature_net_steps for real runs).",
+            bundle.test_accuracy,
+        )
+    features.save_feature_net(path, bundle, train_images.shape[1:], data)
+    return features.restore_feature_net(path)

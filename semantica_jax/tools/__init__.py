@@ -1,0 +1,1 @@
+"""Command-line tools on a trained workdir: `python -m semantica_jax.tools.<name>`."""

@@ -1,0 +1,207 @@
+"""How every job and tool starts: flags defined, parsed, logs set, work run under one policy.
+
+`start(define_flags, required, argv)` is the one start-up of `main` and of every tool: it
+defines the caller's flags, answers `--help` (exit 0), turns a bad flag or `--config.X`
+override into one `error:` line (exit 2) and sets the logs. The work itself then runs inside
+`errors.reported()`, the one mapping from exceptions to exit codes.
+
+Also here, for the tools that read a training workdir: the shared flags
+(`define_workdir_flags`), their checks (`check_sampler_flags`) and the loading of the user's
+input images (`load_inputs`).
+"""
+
+from __future__ import annotations
+
+import logging as py_logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from absl import flags
+from absl import logging as absl_logging
+
+from semantica_jax.errors import UserError, fail
+
+_HELP = ("--help", "-h", "--helpshort", "--helpfull", "-?")
+Log = Callable[[str], None]
+
+
+def stderr_log(message: str) -> None:
+    """The tools' sink for notes and progress: one line on stderr (stdout keeps results)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def parse_flags_or_exit(argv: list[str], allow_args: bool = True) -> list[str]:
+    """absl flag parsing where a bad flag or `--config.X` override is one `error:` line.
+
+    Args:
+      argv: the full command line (argv[0] is the program).
+      allow_args: False makes positional arguments an error too.
+
+    Returns:
+      argv[0] and the positional arguments.
+    """
+    try:
+        rest = flags.FLAGS(argv)
+    # ml_collections reports a bad override as AttributeError/KeyError (unknown field) or
+    # TypeError/ValueError (value of the wrong type), not as flags.Error.
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        if isinstance(e, AttributeError | KeyError):
+            reason = reason.strip("\"'")
+        culprit = next((a for a in argv[1:] if reason and reason in a), None)
+        if culprit and culprit.startswith("--config."):
+            field = culprit.split("=", 1)[0][len("--config.") :]
+            fail(f"bad override {culprit}: no config field {field!r}")
+        fail(reason)
+    if not allow_args and len(rest) > 1:
+        fail(f"unexpected arguments: {' '.join(rest[1:])}; every input is a --flag")
+    return rest
+
+
+def _print_help(doc: str, holders: dict[str, Any]) -> None:
+    lines = [doc.strip(), "", "flags:"]
+    for holder in holders.values():
+        flag = flags.FLAGS[holder.name]
+        lines.append(f"  --{flag.name}: {flag.help} (default: {flag.default_as_str or 'none'})")
+    print("\n".join(lines))
+
+
+def quiet_library_logs() -> None:
+    """Jobs: INFO lines of our code and clu (progress, ETA); libraries from WARNING up."""
+
+    def keep(record: py_logging.LogRecord) -> bool:
+        own = "semantica_jax" in record.pathname or "/clu/" in record.pathname
+        # Python's WARNING (30): absl's logging.WARNING is its own scale (1), not a levelno.
+        return own or record.levelno >= py_logging.WARNING
+
+    absl_logging.get_absl_handler().addFilter(keep)
+    absl_logging.set_verbosity(absl_logging.INFO)
+
+
+def quiet_tool_logs(level: str = "error") -> None:
+    """Tools talk through print: absl (our libraries, Orbax) below `level` is hidden.
+
+    Args:
+      level: absl verbosity name. The tools use "error": restoring one item of a training
+        checkpoint makes Orbax warn about a metadata file only a full restore reads.
+    """
+    absl_logging.set_verbosity(level)
+
+
+def start(
+    define_flags: Callable[[], dict[str, Any]],
+    required: list[str],
+    argv: list[str] | None = None,
+    *,
+    doc: str = "",
+    role: str = "tool",
+    allow_args: bool = False,
+) -> dict[str, Any]:
+    """The start of every job and tool: flags defined and parsed, logs set.
+
+    Args:
+      define_flags: defines the caller's flags; returns {name: absl FlagHolder}.
+      required: flags that must be given.
+      argv: the command line; None reads sys.argv.
+      doc: what `--help` prints above the flags (the caller's module docstring).
+      role: "tool" (talks through print; library logs hidden) or "job" (logs INFO).
+      allow_args: positional arguments are allowed (returned under "args").
+
+    Returns:
+      {name: parsed value} for the holders `define_flags` returned, plus "args".
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = list(sys.argv if argv is None else argv)
+    holders = define_flags()
+    if any(arg in _HELP for arg in argv[1:]):
+        _print_help(doc, holders)
+        sys.exit(0)
+    missing = [f"--{name}" for name in required if not _given(name, argv)]
+    if missing:
+        fail(f"missing required flag(s) {', '.join(missing)}; see --help")
+    rest = parse_flags_or_exit(argv, allow_args=allow_args)
+    absl_logging.use_absl_handler()
+    if role == "job":
+        quiet_library_logs()
+    else:
+        quiet_tool_logs()
+    values = {name: holder.value for name, holder in holders.items()}
+    values["args"] = rest[1:]
+    return values
+
+
+def _given(name: str, argv: list[str]) -> bool:
+    return any(arg == f"--{name}" or arg.startswith(f"--{name}=") for arg in argv[1:])
+
+
+# --- tools on a training workdir -------------------------------------------------------------
+
+
+def define_workdir_flags(scale_help: str) -> dict[str, Any]:
+    """The flags of every tool on a training workdir: --workdir, --steps, --kind,
+    --cache_dir, --scale. Defined on demand, not at import, by the tool being run."""
+    from semantica_jax.diffusion import samplers
+
+    return dict(
+        workdir=flags.DEFINE_string(
+            "workdir", None, "Training workdir (config.json, checkpoints/)."
+        ),
+        steps=flags.DEFINE_integer("steps", 0, "Sampler steps; 0 = the run's sampler.num_steps."),
+        kind=flags.DEFINE_enum("kind", "", ["", *samplers.KINDS], "Sampler; '' = the run's."),
+        cache_dir=flags.DEFINE_string("cache_dir", "", "Encoder cache dir; '' = the run's."),
+        scale=flags.DEFINE_integer("scale", 1, scale_help),
+    )
+
+
+def check_sampler_flags(steps: int, kind: str, scale: int) -> dict[str, Any]:
+    """Checks the shared sampler flags; returns the sampler overrides they ask for.
+
+    Raises:
+      UserError: a negative step count, a scale below 1 or an unknown sampler kind.
+    """
+    from semantica_jax.diffusion import samplers
+
+    if steps < 0:
+        raise UserError(f"--steps must be >= 0 (0 = the run's sampler.num_steps), got {steps}")
+    if scale < 1:
+        raise UserError(f"--scale must be >= 1, got {scale}")
+    if kind and kind not in samplers.KINDS:
+        raise UserError(f"--kind must be one of {', '.join(samplers.KINDS)}, got {kind!r}")
+    overrides: dict[str, Any] = {"num_steps": int(steps)} if steps else {}
+    if kind:
+        overrides["kind"] = kind
+    return overrides
+
+
+def load_inputs(paths: list[str], image_size: int, channels: int, log: Log | None = None):
+    """Reads user images converted to the model's size and colour.
+
+    Args:
+      paths: PNG/JPEG/.npy files (see `image_io.load_image`).
+      image_size: S; channels: C of the model.
+      log: `log(str)` for conversion notes; default prints `note: ...` on stderr.
+
+    Returns:
+      uint8 [N, S, S, C].
+
+    Raises:
+      UserError: no path, or a file is missing or unusable (the message names it).
+    """
+    from semantica_jax.utils import image_io
+
+    log = log or stderr_log
+    if not paths:
+        raise UserError("no input image; pass --image=PATH (repeat it for several)")
+    images = []
+    for path in paths:
+        try:
+            image, note = image_io.load_image(path, int(image_size), int(channels))
+        except image_io.ImageReadError as err:
+            raise UserError(str(err)) from err
+        if note:
+            log(f"note: {path}: converted {note}")
+        images.append(image)
+    return np.stack(images)

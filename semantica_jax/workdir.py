@@ -1,0 +1,114 @@
+"""The run directory (WORKDIR) of a training job, and the only module that knows its names.
+
+  WORKDIR/config.json            the effective config (`write_config`, `load_config`)
+  WORKDIR/checkpoints/           Orbax: params, EMA, optimizer, step, rng, data state
+  WORKDIR/samples/step_N.png     conditioning image | its variations, one row each
+  WORKDIR/eval/metrics.json      what `--mode=eval` measured
+  WORKDIR/summary.json           what the training job returned
+  WORKDIR/events.out.tfevents.*  TensorBoard (clu)
+
+Tools and evaluation open a workdir through `load_config` and `restore_ema_params`, which
+raise `UserError` with a fix when the directory is not a finished training run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+from semantica_jax.errors import UserError
+
+CONFIG_JSON = "config.json"
+CHECKPOINTS = "checkpoints"
+SAMPLES = "samples"
+EVAL = "eval"
+SUMMARY_JSON = "summary.json"
+
+# Sections the tools read; a config.json without them did not come from a training run.
+_REQUIRED_SECTIONS = ("data", "encoder", "model", "diffusion", "sampler")
+
+
+def config_path(workdir: str) -> str:
+    return os.path.join(workdir, CONFIG_JSON)
+
+
+def checkpoints_dir(workdir: str) -> str:
+    return os.path.join(workdir, CHECKPOINTS)
+
+
+def sample_grid_path(workdir: str, step: int) -> str:
+    return os.path.join(workdir, SAMPLES, f"step_{step}.png")
+
+
+def eval_dir(workdir: str) -> str:
+    return os.path.join(workdir, EVAL)
+
+
+def summary_path(workdir: str) -> str:
+    return os.path.join(workdir, SUMMARY_JSON)
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """The effective config, atomically, as WORKDIR/config.json (call on process 0)."""
+    from semantica_jax.utils import atomic_files
+
+    text = config.to_json_best_effort(indent=2, sort_keys=True)
+    atomic_files.write_text(config_path(workdir), text)
+
+
+def load_config(workdir: str, cache_dir: str = "") -> ml_collections.ConfigDict:
+    """The effective config of a training run, rebuilt from WORKDIR/config.json.
+
+    JSON turns tuples into lists; the consumers (UViTConfig.from_config, the encoder key)
+    accept both, so the rebuilt config drives the same model and the same cached encoder.
+
+    Args:
+      workdir: a directory made by `python -m semantica_jax.main --workdir=DIR`.
+      cache_dir: overrides `config.cache_dir` (where the frozen encoder is cached); "" keeps
+        the one the run used.
+
+    Raises:
+      UserError: no workdir, no config.json, or a config.json that is not a run config.
+    """
+    if not os.path.isdir(workdir):
+        raise UserError(f"workdir {workdir} does not exist; pass the --workdir of a training run")
+    path = config_path(workdir)
+    if not os.path.isfile(path):
+        raise UserError(
+            f"{path} not found; {workdir} is not a training workdir "
+            "(make one with python -m semantica_jax.main --config=... --workdir=DIR)"
+        )
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path} is not readable JSON ({err})") from err
+    missing = [s for s in _REQUIRED_SECTIONS if not isinstance(values.get(s), dict)]
+    if missing:
+        raise UserError(f"{path} lacks config section(s) {', '.join(missing)}; not a run config")
+    config = ml_collections.ConfigDict(values)
+    if cache_dir:
+        config.cache_dir = os.path.abspath(cache_dir)
+    return config
+
+
+def restore_ema_params(workdir: str, step: int | None = None) -> tuple[Any, int]:
+    """EMA params of the latest (or given) checkpoint of WORKDIR: (params, step).
+
+    Raises:
+      UserError: the workdir holds no finished checkpoint (or not that step).
+    """
+    from semantica_jax.utils import checkpointing
+
+    checkpoints = checkpoints_dir(workdir)
+    if not os.path.isdir(checkpoints):
+        raise UserError(f"no checkpoints in {workdir}; train first (semantica_jax.main)")
+    if step is not None and not os.path.isdir(os.path.join(checkpoints, str(step))):
+        raise UserError(f"no checkpoint for step {step} in {checkpoints}")
+    try:
+        return checkpointing.restore_params(checkpoints, step=step, item="ema_params")
+    except FileNotFoundError as err:
+        raise UserError(str(err)) from err

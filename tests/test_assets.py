@@ -1,0 +1,115 @@
+"""assets.py: the cache dir builds each asset once and reuses it."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+
+from configs import mnist as mnist_config
+from semantica_jax import assets
+from semantica_jax.encoder import bundle as bundle_lib
+from semantica_jax.metrics import features
+
+
+def test_load_or_train_encoder_trains_once_then_reuses(tmp_path, monkeypatch, bars):
+    config = mnist_config.get_config("tiny")
+    config.cache_dir = str(tmp_path)
+    config.encoder.num_steps = 3
+    calls = []
+
+    def fake_data(cfg, split):
+        calls.append(cfg.data.dataset)
+        return bars(64, seed=0)
+
+    monkeypatch.setattr(assets, "load_split", fake_data)
+    first = assets.load_or_train_encoder(config, log=lambda _: None)
+    second = assets.load_or_train_encoder(config, log=lambda _: None)
+    assert calls == ["mnist"]  # trained once
+    assert first.path == second.path == str(tmp_path / "encoder" / bundle_lib.encoder_key(config))
+    assert first.params_hash == second.params_hash
+    with open(os.path.join(first.path, "encoder.json")) as f:
+        assert json.load(f)["identity"]["encoder"]["num_steps"] == 3
+    # Another encoder setting -> another key -> trained again.
+    config.encoder.margin = 0.5
+    third = assets.load_or_train_encoder(config, log=lambda _: None)
+    assert len(calls) == 2 and third.path != first.path
+    # An explicit checkpoint is loaded as is.
+    config.encoder.checkpoint = first.path
+    assert assets.load_or_train_encoder(config).params_hash == first.params_hash
+
+
+def test_embedding_cache_from_config(
+    tmp_path, encode_calls, config_vit, make_bundle, random_digits
+):
+    config = mnist_config.get_config("tiny")
+    config.cache_dir = str(tmp_path)
+    images = random_digits(9, 0)
+    bundle = make_bundle(config_vit, 0, key="key0")
+    tokens, cls = assets.embedding_cache(config, bundle, "test", images=images)
+    assert tokens.shape == (9, 49, config_vit.width) and cls.shape == (9, config_vit.width)
+    assert os.path.isfile(tmp_path / "embeddings" / "key0" / "mnist-test-first512" / "cls.npy")
+    encode_calls.clear()
+    assets.embedding_cache(config, bundle, "test", images=images)
+    assert encode_calls == []
+
+
+def _two_class_images(n: int, seed: int, size: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 [n,size,size,1]: class 0 has a bright left half, class 1 a bright right half."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, size=n).astype(np.int32)
+    images = rng.integers(0, 60, size=(n, size, size, 1))
+    half = size // 2
+    for i, label in enumerate(labels):
+        cols = slice(0, half) if label == 0 else slice(half, size)
+        images[i, :, cols] += 150
+    return images.astype(np.uint8), labels
+
+
+def test_feature_net_trains_once_then_reuses(tmp_path, monkeypatch):
+    calls = []
+
+    def load_split(dataset, split, data_dir, image_size, channels, max_examples=0):
+        calls.append((dataset, split, data_dir))
+        images, labels = _two_class_images(96, seed=0 if split == "train" else 1, size=28)
+        return images, labels
+
+    monkeypatch.setattr(
+        assets, "load_split", lambda config, split: load_split("mnist", split, "", 28, 1)
+    )
+
+    config = mnist_config.get_config("tiny")
+    config.cache_dir = str(tmp_path / "cache")
+    config.eval.feature_net_steps = 3
+    settings = features.FeatureNetSettings(
+        conv_channels=(4,), embed_dim=8, num_classes=2, batch_size=8, log_every=1, num_steps=3
+    )
+    trained = assets.feature_net(config, settings)
+    assert [c[1] for c in calls] == ["train", "test"]
+    assert trained.path.startswith(str(tmp_path / "cache" / "feature_net"))
+    assert os.listdir(os.path.dirname(trained.path)) == [os.path.basename(trained.path)]
+
+    cached = assets.feature_net(config, settings)
+    assert len(calls) == 2  # no data loaded, nothing trained the second time
+    assert cached.path == trained.path and cached.settings == settings
+    assert cached.test_accuracy == trained.test_accuracy
+    jax.tree.map(np.testing.assert_array_equal, cached.params, trained.params)
+    images, _ = _two_class_images(5, seed=3, size=28)
+    np.testing.assert_array_equal(
+        features.feature_fn(cached)(images), features.feature_fn(trained)(images)
+    )
+
+    other = dataclasses.replace(settings, num_steps=4)
+    assert assets.feature_net(config, other).path != trained.path
+    assert len(calls) == 4
+    # The steps come from the config when no settings are given.
+    assert features.FeatureNetSettings.from_config(config).num_steps == 3
+
+
+def test_data_dir():
+    config = mnist_config.get_config("tiny")
+    config.cache_dir = "/some/cache"
+    assert assets.data_dir(config) == os.path.join("/some/cache", "tfds")
+    config.data.data_dir = "/prepared/tfds"
+    assert assets.data_dir(config) == "/prepared/tfds"

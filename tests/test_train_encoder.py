@@ -1,0 +1,28 @@
+"""train_encoder.py: the encoder job (`main --mode=encoder`)."""
+
+import json
+
+from configs import mnist as mnist_config
+from semantica_jax import train_encoder
+from semantica_jax.encoder import bundle as bundle_lib
+
+
+def test_encoder_job_writes_eval_and_installs_in_cache(tmp_path, monkeypatch, bars):
+    from semantica_jax.data import mnist as mnist_data
+
+    config = mnist_config.get_config("tiny")
+    config.cache_dir = str(tmp_path / "cache")
+    config.encoder.num_steps = 30
+    config.encoder.learning_rate = 3e-3
+    splits = {"train": bars(200, seed=0), "test": bars(60, seed=1)}
+    monkeypatch.setattr(mnist_data, "load_split", lambda ds, split, *a, **k: splits[split])
+    report = train_encoder.run_encoder_job(config, str(tmp_path / "work"), log=lambda _: None)
+    with open(tmp_path / "work" / "encoder_eval.json") as f:
+        on_disk = json.load(f)
+    assert on_disk["knn5_accuracy"] == report["knn5_accuracy"] >= 0.9
+    assert on_disk["query_size"] == 60 and on_disk["gallery_size"] == 200
+    same, diff = on_disk["cosine"]["same"], on_disk["cosine"]["different"]
+    assert same["mean"] > diff["mean"] and set(same["quantiles"]) >= {"q05", "q50", "q95"}
+    assert (tmp_path / "work" / "encoder_cosine_hist.png").stat().st_size > 1000
+    cached = tmp_path / "cache" / "encoder" / bundle_lib.encoder_key(config)
+    assert bundle_lib.load_encoder(str(cached)).params_hash == report["params_hash"]
