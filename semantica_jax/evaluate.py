@@ -67,13 +67,14 @@ class Generator:
         return np.concatenate(out)
 
 
-def balanced_subset(labels: np.ndarray, n: int, seed: int, field: str) -> np.ndarray:
+def balanced_subset(labels: np.ndarray, n: int, seed: int, field: str, classes=()) -> np.ndarray:
     """n indices with n / C of each of the C classes (sorted), drawn once from a seed.
 
     Balanced sets make the one-shot protocol (one conditioning image per class, N/C samples
-    each) well defined at any N that is a multiple of C.
+    each) well defined at any N that is a multiple of C. `classes` restricts the draw to
+    those labels (empty: every label present).
     """
-    classes = np.unique(labels)
+    classes = np.unique(labels) if not len(classes) else np.unique(np.asarray(classes))
     per, rem = divmod(n, len(classes))
     if rem or per == 0:
         raise ValueError(
@@ -126,7 +127,9 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
     feature_fn = features.feature_fn(feat_bundle)
 
     n = int(config.eval.num_images)
-    subset = balanced_subset(test.labels, n, config.seed, "eval.num_images")
+    subset = balanced_subset(
+        test.labels, n, config.seed, "eval.num_images", tuple(config.eval.get("classes", ()))
+    )
     labels = test.labels[subset]
     real = image_io.to_model_range(test.images[subset])
     real_feats = fewshot.compute_features(feature_fn, real)

@@ -200,6 +200,7 @@ def train_and_evaluate(config, workdir: str) -> tuple[TrainState, dict[str, Any]
 
     bundle = assets.load_encoder(config)
     train_data = assets.embedded_split(config, bundle, config.data.train_split)
+    train_data = train_data.with_classes(tuple(config.data.get("train_classes", ())))
     eval_data = assets.embedded_split(config, bundle, config.data.eval_split)
     pipe, pair_report = make_train_pipeline(config, train_data, workdir, per_process_batch)
     grid_idx = sample_grid_conditioning(eval_data, int(config.train.num_sample_rows))

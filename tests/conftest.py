@@ -221,3 +221,60 @@ def encode_calls(monkeypatch):
 
     monkeypatch.setattr(embeddings, "iter_encode", counting)
     return calls
+
+
+# --- the main job as a subprocess (each run chooses its device count) -----------------------
+
+
+def _main_env(devices: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        TF_CPP_MIN_LOG_LEVEL="3",
+    )
+    return env
+
+
+def _main_args(workdir, cache, *overrides) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "semantica_jax.main",
+        "--config=configs/mnist.py:tiny",
+        f"--workdir={workdir}",
+        f"--config.cache_dir={cache}",
+        *overrides,
+    ]
+
+
+def _run_main(workdir, cache, *overrides, devices=1, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        _main_args(workdir, cache, *overrides),
+        cwd=ROOT,
+        env=_main_env(devices),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def main_env():
+    """main_env(devices) -> the environment of a main subprocess on `devices` CPU devices."""
+    return _main_env
+
+
+@pytest.fixture(scope="session")
+def main_args():
+    """main_args(workdir, cache, *overrides) -> argv of `main` on the tiny config."""
+    return _main_args
+
+
+@pytest.fixture(scope="session")
+def run_main():
+    """run_main(workdir, cache, *overrides, devices=1, check=True) -> CompletedProcess."""
+    return _run_main

@@ -6,6 +6,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 from configs import mnist as mnist_config
 from semantica_jax import assets
@@ -113,3 +114,21 @@ def test_data_dir():
     assert assets.data_dir(config) == os.path.join("/some/cache", "tfds")
     config.data.data_dir = "/prepared/tfds"
     assert assets.data_dir(config) == "/prepared/tfds"
+
+
+def test_embedded_split_with_classes_keeps_only_those_labels():
+    labels = np.array([0, 1, 2, 3, 4, 5, 1, 7], np.int32)
+    split = assets.EmbeddedSplit(
+        np.arange(8, dtype=np.uint8).reshape(8, 1, 1, 1),
+        labels,
+        np.arange(8 * 2 * 3, dtype=np.float16).reshape(8, 2, 3),
+        np.arange(16, dtype=np.float32).reshape(8, 2),
+    )
+    assert assets.EmbeddedSplit.with_classes(split, ()) is split
+    kept = split.with_classes((1, 7))
+    np.testing.assert_array_equal(kept.labels, [1, 1, 7])
+    np.testing.assert_array_equal(kept.images[:, 0, 0, 0], [1, 6, 7])
+    np.testing.assert_array_equal(kept.cls, split.cls[[1, 6, 7]])
+    np.testing.assert_array_equal(kept.tokens, split.tokens[[1, 6, 7]])
+    with pytest.raises(ValueError, match="no image of classes"):
+        split.with_classes((9,))

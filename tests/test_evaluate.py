@@ -6,11 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from tests.test_train import run_main
-
 
 @pytest.fixture(scope="module")
-def evaluated(session_cache, tmp_path_factory):
+def evaluated(session_cache, tmp_path_factory, run_main):
     workdir = str(tmp_path_factory.mktemp("eval_run"))
     run_main(workdir, session_cache, "--config.train.eval_every=0")
     run_main(workdir, session_cache, "--mode=eval")
@@ -40,3 +38,16 @@ def test_guidance_sweep_table_and_plot(evaluated):
     from PIL import Image
 
     assert Image.open(os.path.join(evaluated, "eval", "guidance_sweep.png")).size[0] > 300
+
+
+def test_balanced_subset_restricted_to_classes():
+    import numpy as np
+
+    from semantica_jax import evaluate
+
+    labels = np.repeat(np.arange(10), 20)
+    picked = evaluate.balanced_subset(labels, 50, 0, "eval.num_images", classes=(5, 6, 7, 8, 9))
+    assert sorted(set(labels[picked])) == [5, 6, 7, 8, 9]
+    assert np.bincount(labels[picked], minlength=10)[5:].tolist() == [10] * 5
+    full = evaluate.balanced_subset(labels, 50, 0, "eval.num_images")
+    assert len(set(labels[full])) == 10

@@ -303,3 +303,42 @@ def test_real_floor():
     assert variation.real_floor(feats, 400, seed=0, other=other)["fid"] < 0.1
     with pytest.raises(ValueError, match="2n"):
         variation.real_floor(feats, 600, seed=0)
+
+
+def test_per_sample_diversity_averages_to_diversity():
+    feats = np.random.default_rng(0).normal(size=(3, 4, 5))
+    per = variation.per_sample_diversity(feats)
+    assert per.shape == (12,)
+    np.testing.assert_allclose(per.mean(), variation.diversity(feats), rtol=1e-12)
+    copies = np.repeat(feats[:, :1], 4, axis=1)
+    np.testing.assert_array_equal(variation.per_sample_diversity(copies), 0.0)
+
+
+def test_bootstrap_interval_covers_the_mean_and_shrinks_with_n():
+    from semantica_jax.metrics import bootstrap
+
+    rng = np.random.default_rng(1)
+    small = bootstrap.mean_interval(rng.normal(size=50), seed=0)
+    large = bootstrap.mean_interval(rng.normal(size=5000), seed=0)
+    assert small["low"] <= small["value"] <= small["high"]
+    assert large["high"] - large["low"] < 0.3 * (small["high"] - small["low"])
+    assert -0.1 < large["low"] < 0.0 < large["high"] < 0.1
+    assert bootstrap.separated(large, {"low": 0.5, "high": 0.6}) == -1
+    assert bootstrap.separated({"low": 0.7, "high": 0.8}, large) == 1
+    assert bootstrap.separated(large, large) == 0
+    with pytest.raises(ValueError, match="level"):
+        bootstrap.mean_interval(np.ones(3), level=1.5)
+
+
+def test_precision_recall_intervals_match_the_point_estimates():
+    from semantica_jax.metrics import bootstrap
+
+    rng = np.random.default_rng(2)
+    real, fake = rng.normal(size=(200, 4)), rng.normal(size=(150, 4)) + 0.5
+    got = bootstrap.precision_recall_intervals(real, fake, k=3, num_resamples=50)
+    want = precision_recall.precision_recall(real, fake, k=3)
+    assert got["precision"]["value"] == pytest.approx(want[0])
+    assert got["recall"]["value"] == pytest.approx(want[1])
+    got_fid = bootstrap.fid_interval(real, fake, num_resamples=20)
+    assert got_fid["value"] == pytest.approx(fid.frechet_distance(real, fake))
+    assert got_fid["low"] <= got_fid["high"]

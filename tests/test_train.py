@@ -18,42 +18,6 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _env(devices: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        TF_CPP_MIN_LOG_LEVEL="3",
-    )
-    return env
-
-
-def _main_args(workdir, cache, *overrides) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "semantica_jax.main",
-        "--config=configs/mnist.py:tiny",
-        f"--workdir={workdir}",
-        f"--config.cache_dir={cache}",
-        *overrides,
-    ]
-
-
-def run_main(workdir, cache, *overrides, devices=1, check=True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        _main_args(workdir, cache, *overrides),
-        cwd=ROOT,
-        env=_env(devices),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
-
-
 def restore(workdir, item="params", step=None):
     from semantica_jax.utils import checkpointing
 
@@ -85,7 +49,7 @@ def event_tags(workdir) -> dict[str, list[int]]:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(session_cache, tmp_path_factory):
+def tiny_run(session_cache, tmp_path_factory, run_main):
     """One complete tiny run on 1 device (6 steps, checkpoints at 3 and 6, samples at 6)."""
     workdir = str(tmp_path_factory.mktemp("tiny"))
     run_main(workdir, session_cache)
@@ -114,7 +78,7 @@ def test_tiny_run_writes_everything(tiny_run):
     assert cells.max() == 255 and cells.min() == 0
 
 
-def test_rerun_of_finished_run_changes_nothing(tiny_run, session_cache):
+def test_rerun_of_finished_run_changes_nothing(tiny_run, session_cache, run_main):
     before, step = restore(tiny_run)
     run_main(tiny_run, session_cache)
     after, step_after = restore(tiny_run)
@@ -124,7 +88,7 @@ def test_rerun_of_finished_run_changes_nothing(tiny_run, session_cache):
 
 
 @pytest.fixture(scope="module")
-def reference_run(session_cache, tmp_path_factory):
+def reference_run(session_cache, tmp_path_factory, run_main):
     """An uninterrupted run of the resume tests' length."""
     workdir = str(tmp_path_factory.mktemp("reference"))
     run_main(workdir, session_cache, *RESUME_OVERRIDES)
@@ -153,12 +117,14 @@ def _wait_for_checkpoint(workdir, proc, min_step=10, timeout=300):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_interrupted_run_resumes_exactly(sig, reference_run, session_cache, tmp_path):
+def test_interrupted_run_resumes_exactly(
+    sig, reference_run, session_cache, tmp_path, run_main, main_args, main_env
+):
     workdir = str(tmp_path)
     proc = subprocess.Popen(
-        _main_args(workdir, session_cache, *RESUME_OVERRIDES),
+        main_args(workdir, session_cache, *RESUME_OVERRIDES),
         cwd=ROOT,
-        env=_env(1),
+        env=main_env(1),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -201,14 +167,14 @@ def _assert_same_run(workdir_a, workdir_b):
         np.testing.assert_allclose(params_a[k], params_b[k], rtol=1e-3, atol=1e-4, err_msg=k)
 
 
-def test_eight_devices_match_one(tiny_run, session_cache, tmp_path):
+def test_eight_devices_match_one(tiny_run, session_cache, tmp_path, run_main):
     run_main(str(tmp_path), session_cache, devices=8)
     summary = json.load(open(os.path.join(tmp_path, "summary.json")))
     assert summary["devices"] == 8
     _assert_same_run(tiny_run, str(tmp_path))
 
 
-def test_two_processes_match_one(tiny_run, session_cache, tmp_path):
+def test_two_processes_match_one(tiny_run, session_cache, tmp_path, main_env):
     workdir = str(tmp_path / "run")
     proc = subprocess.run(
         [
@@ -222,7 +188,7 @@ def test_two_processes_match_one(tiny_run, session_cache, tmp_path):
             f"--config.cache_dir={session_cache}",
         ],
         cwd=ROOT,
-        env={**_env(2), "PYTHON": sys.executable, "WORKLOG_DIR": str(tmp_path)},
+        env={**main_env(2), "PYTHON": sys.executable, "WORKLOG_DIR": str(tmp_path)},
         capture_output=True,
         text=True,
         timeout=600,
@@ -242,14 +208,14 @@ def test_two_processes_match_one(tiny_run, session_cache, tmp_path):
         ("--config.train.lr_decay=linear", 1, "train.lr_decay"),
     ],
 )
-def test_bad_override_is_one_clear_line(override, devices, field, tmp_path):
+def test_bad_override_is_one_clear_line(override, devices, field, tmp_path, run_main):
     proc = run_main(str(tmp_path), str(tmp_path / "cache"), override, devices=devices, check=False)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and field in lines[0], proc.stderr[-2000:]
 
 
-def test_non_finite_loss_stops_the_run_naming_the_step(session_cache, tmp_path):
+def test_non_finite_loss_stops_the_run_naming_the_step(session_cache, tmp_path, run_main):
     # An absurd learning rate overflows the parameters within a few steps.
     proc = run_main(
         str(tmp_path),
@@ -273,7 +239,7 @@ def test_non_finite_loss_stops_the_run_naming_the_step(session_cache, tmp_path):
         assert all(np.all(np.isfinite(v)) for v in params.values())
 
 
-def test_resume_on_eight_devices_with_fsdp(tiny_run, session_cache, tmp_path):
+def test_resume_on_eight_devices_with_fsdp(tiny_run, session_cache, tmp_path, run_main):
     """A 1-device checkpoint continues on 8 devices with parameters sharded over fsdp=2."""
     import shutil
 
@@ -297,7 +263,7 @@ def test_resume_on_eight_devices_with_fsdp(tiny_run, session_cache, tmp_path):
     assert step == 8 and any(not np.array_equal(params[k], before[k]) for k in params)
 
 
-def test_similarity_loss_is_added(session_cache, tmp_path):
+def test_similarity_loss_is_added(session_cache, tmp_path, run_main):
     run_main(
         str(tmp_path),
         session_cache,

@@ -77,6 +77,27 @@ def diversity(sample_feats: np.ndarray) -> float:
     return float(np.mean([mean_pairwise_distance(group) for group in sample_feats]))
 
 
+def per_sample_diversity(sample_feats: np.ndarray) -> np.ndarray:
+    """Each variation's mean distance to the other variations of its conditioning image.
+
+    Args:
+      sample_feats: [K,S,F] features, S >= 2.
+
+    Returns:
+      float64 [K*S]; its mean is `diversity(sample_feats)` (equal group sizes), and its
+      rows are what a bootstrap over the samples resamples.
+    """
+    sample_feats = _check_grouped(sample_feats, "sample_feats").astype(np.float64)
+    k, s, _ = sample_feats.shape
+    if s < 2:
+        raise ValueError(f"diversity needs >= 2 samples per conditioning image; got {s}.")
+    out = np.empty((k, s), np.float64)
+    for g, group in enumerate(sample_feats):
+        for i in range(s):
+            out[g, i] = np.linalg.norm(group - group[i], axis=1).sum() / (s - 1)
+    return out.reshape(-1)
+
+
 def real_floor(
     feats: np.ndarray,
     n: int,

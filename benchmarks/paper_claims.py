@@ -1,0 +1,686 @@
+"""The papers' claims, re-measured on MNIST, each with numbers, 95% intervals and a verdict.
+
+  .venv/bin/python benchmarks/paper_claims.py --claim=all --out=benchmarks/results/claims
+  .venv/bin/python benchmarks/paper_claims.py --claim=guidance --num=500      # one claim
+  .venv/bin/python benchmarks/paper_claims.py --claim=reconstruction --steps=3500 --seeds=2
+
+A claim is a declarative `Claim`: arms (a `configs/mnist.py` variant plus overrides, and
+how to evaluate it), comparisons (metric, arm a, arm b, the direction the paper expects) and
+its source in the paper. For every arm the harness trains through the real
+`train.train_and_evaluate` into `OUT/workdirs/<run key>` (a finished run is reused, an
+interrupted one resumes from its checkpoint; arms that differ only in how they are
+evaluated share one run), measures it with the real evaluation code (`evaluate.Generator`,
+`evaluate.protocol`, the cached feature net) into `OUT/measurements/<key>.json` (reused
+on a rerun), and writes `OUT/NAME.json` (every arm's metrics with N and 95% bootstrap
+intervals, seeds, steps, wall times, git revision, CPU) and `OUT/NAME.png`. Then
+`docs/paper_claims.md` is rewritten from every `OUT/*.json` present.
+
+Verdicts follow from the intervals only: a comparison *holds* when the two 95% intervals
+are separated in the expected direction, is *opposite* when separated the other way, and
+*overlaps* otherwise. A claim is confirmed when every comparison holds, refuted when every
+comparison that separates is opposite, and inconclusive otherwise (overlap, or mixed).
+
+`--tiny` builds every arm on `configs/mnist.py:tiny` (the variant's differences from the
+default applied on top): seconds per arm, for the test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results", "claims")
+TABLE = os.path.join(ROOT, "docs", "paper_claims.md")
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One configuration to train (variant + overrides) and one way to evaluate it.
+
+    Attributes:
+      name: label in tables and plots.
+      variant: `configs/mnist.py` variant.
+      overrides: (dotted field, value) pairs applied after the variant (training).
+      guidance: classifier-free guidance w of the evaluation (None: the config's).
+      eval_classes: labels the evaluation conditions on (empty: all).
+      at_fractions: checkpoints to measure, as fractions of the run's steps (a learning
+        curve); the last one is the arm's value in comparisons.
+      copies: also measure copy rate and distances to the conditioning image.
+    """
+
+    name: str
+    variant: str = "default"
+    overrides: tuple[tuple[str, Any], ...] = ()
+    guidance: float | None = None
+    eval_classes: tuple[int, ...] = ()
+    at_fractions: tuple[float, ...] = (1.0,)
+    copies: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """`metric` of arm `a` is expected `higher` or `lower` than that of arm `b`."""
+
+    metric: str
+    a: str
+    b: str
+    expect: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    name: str
+    source: str
+    statement: str
+    arms: tuple[Arm, ...]
+    comparisons: tuple[Comparison, ...]
+    plot_metric: str
+
+
+def _guidance_arms() -> tuple[Arm, ...]:
+    return tuple(Arm(f"w={w:g}", guidance=w) for w in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0))
+
+
+def _pages(rate: float, filtering: bool) -> Arm:
+    overrides = (("episodes.page_offtopic", rate), ("episodes.filter", filtering))
+    return Arm(
+        f"{int(rate * 100)}% off-topic, filter {'on' if filtering else 'off'}", "pages", overrides
+    )
+
+
+_SEEN, _UNSEEN = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
+_SIM = (("train.sim_loss_weight", 1.0),)
+
+CLAIMS = (
+    Claim(
+        "reconstruction",
+        "Semantica §4, Fig. 2",
+        "Training on reconstruction (target = conditioning image) collapses to near-copies: "
+        "higher copy rate, lower diversity and one-shot recall than training on pairs.",
+        (Arm("pairs (default)", copies=True), Arm("reconstruction", "reconstruction", copies=True)),
+        (
+            Comparison("copy_rate", "reconstruction", "pairs (default)", "higher"),
+            Comparison("one_shot.recall", "pairs (default)", "reconstruction", "higher"),
+            Comparison("one_shot.diversity", "pairs (default)", "reconstruction", "higher"),
+        ),
+        "copy_rate",
+    ),
+    Claim(
+        "guidance",
+        "Semantica §7, Fig. 3",
+        "Classifier-free guidance lowers one-shot recall while full-set recall rises.",
+        _guidance_arms(),
+        (
+            Comparison("one_shot.recall", "w=0", "w=4", "higher"),
+            Comparison("full.recall", "w=4", "w=0", "higher"),
+        ),
+        "one_shot.recall",
+    ),
+    Claim(
+        "conditioning",
+        "Semantica App. D, Fig. 9",
+        "Cross-attention conditioning beats CLS-FiLM conditioning (learning curves).",
+        tuple(
+            Arm(name, variant, at_fractions=(1 / 3, 2 / 3, 1.0))
+            for name, variant in (
+                ("cross-attention", "cross_only"),
+                ("FiLM", "film"),
+                ("both (default)", "default"),
+            )
+        ),
+        (Comparison("one_shot.fid", "cross-attention", "FiLM", "lower"),),
+        "one_shot.fid",
+    ),
+    Claim(
+        "filtering",
+        "Semantica App. C",
+        "Filtering pairs by encoder similarity (absolute cosine thresholds) improves quality "
+        "when episodes contain off-topic images.",
+        (_pages(0.25, True), _pages(0.25, False), _pages(0.5, True), _pages(0.5, False)),
+        (
+            Comparison(
+                "one_shot.fid", "25% off-topic, filter on", "25% off-topic, filter off", "lower"
+            ),
+            Comparison(
+                "one_shot.fid", "50% off-topic, filter on", "50% off-topic, filter off", "lower"
+            ),
+        ),
+        "one_shot.fid",
+    ),
+    Claim(
+        "unseen",
+        "Semantica abstract; §8.3, Table 2",
+        "Label-grouped pairs (LG) win in distribution and lose out of distribution against "
+        "label-free (k-means) pairs, for a decoder trained on digits 0-4 only.",
+        (
+            Arm("LG, digits 0-4", "seen_digits", eval_classes=_SEEN),
+            Arm("LG, digits 5-9", "seen_digits", eval_classes=_UNSEEN),
+            Arm("k-means, digits 0-4", "seen_digits_kmeans", eval_classes=_SEEN),
+            Arm("k-means, digits 5-9", "seen_digits_kmeans", eval_classes=_UNSEEN),
+        ),
+        (
+            Comparison("one_shot.fid", "LG, digits 0-4", "k-means, digits 0-4", "lower"),
+            Comparison("one_shot.fid", "LG, digits 5-9", "k-means, digits 5-9", "higher"),
+        ),
+        "one_shot.fid",
+    ),
+    Claim(
+        "scaling",
+        "Semantica Table 1",
+        "A larger decoder (about 4x the parameters) and a stronger encoder give better FID "
+        "at equal decoder steps.",
+        (Arm("default"), Arm("decoder 4x", "large"), Arm("weak encoder", "weak_encoder")),
+        (
+            Comparison("one_shot.fid", "decoder 4x", "default", "lower"),
+            Comparison("one_shot.fid", "default", "weak encoder", "lower"),
+        ),
+        "one_shot.fid",
+    ),
+    Claim(
+        "similarity_loss",
+        "seed 000, Table 1 (FID 32.17 -> 31.61)",
+        "Adding the similarity loss (lambda = 1) lowers FID, in the paper's T = 500 "
+        "linear-beta eps-prediction setting and in ours.",
+        (
+            Arm("ddpm500", "ddpm500"),
+            Arm("ddpm500 + sim", "ddpm500", _SIM),
+            Arm("default"),
+            Arm("default + sim", "default", _SIM),
+        ),
+        (
+            Comparison("full.fid", "ddpm500 + sim", "ddpm500", "lower"),
+            Comparison("full.fid", "default + sim", "default", "lower"),
+        ),
+        "full.fid",
+    ),
+)
+BY_NAME = {c.name: c for c in CLAIMS}
+
+
+# --- configs and runs --------------------------------------------------------------------
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def _set(config, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+
+
+def arm_config(arm: Arm, *, steps: int, seed: int, tiny: bool, cache_dir: str):
+    """The training config of an arm: its variant (on the tiny base with `tiny`), its
+    overrides, `steps` decoder steps and `seed`."""
+    from configs import mnist
+
+    if tiny:
+        # The variant's differences from the default, applied on top of the tiny config.
+        config = mnist.get_config("tiny")
+        default = _flat(mnist.get_config("default").to_dict())
+        for key, value in _flat(mnist.get_config(arm.variant).to_dict()).items():
+            if key != "variant" and value != default[key]:
+                _set(config, key, value)
+    else:
+        config = mnist.get_config(arm.variant)
+    for key, value in arm.overrides:
+        _set(config, key, value)
+    config.seed = int(seed)
+    config.train.num_steps = int(steps)
+    config.train.checkpoint_every = max(1, int(steps) // 3)
+    config.train.keep_checkpoints = 4
+    # One sample grid at the end (none on the tiny base: its compile would dominate).
+    config.train.eval_every = 0 if tiny else int(steps)
+    if cache_dir:
+        config.cache_dir = cache_dir
+    return config
+
+
+def run_key(config) -> str:
+    """Identity of a training run: what changes the trained weights, as a short name."""
+    blob = json.dumps(
+        {k: v for k, v in _flat(config.to_dict()).items() if not k.startswith("eval.")},
+        sort_keys=True,
+        default=list,
+    )
+    return (
+        f"{config.variant}-s{config.seed}-n{config.train.num_steps}-"
+        + hashlib.sha256(blob.encode()).hexdigest()[:8]
+    )
+
+
+def train_arm(config, out: str) -> tuple[str, float]:
+    """Trains (or resumes, or reuses) the arm's run; returns (workdir, seconds spent)."""
+    from semantica_jax import train
+    from semantica_jax import workdir as run_dir
+
+    workdir = os.path.join(out, "workdirs", run_key(config))
+    summary = run_dir.summary_path(workdir)
+    if os.path.isfile(summary):
+        with open(summary) as f:
+            if json.load(f).get("final_step", -1) >= config.train.num_steps:
+                return workdir, 0.0  # finished: nothing to load or compile
+    start = time.perf_counter()
+    train.train_and_evaluate(config, workdir)
+    return workdir, time.perf_counter() - start
+
+
+# --- measurement -------------------------------------------------------------------------
+
+
+def measure(
+    config,
+    workdir: str,
+    step: int,
+    *,
+    num: int,
+    guidance: float,
+    copies: bool,
+    classes: tuple[int, ...],
+    seed: int,
+) -> dict[str, Any]:
+    """Full-set and one-shot metrics of one checkpoint with 95% bootstrap intervals."""
+    import jax
+    import numpy as np
+
+    from semantica_jax import assets, evaluate
+    from semantica_jax import workdir as run_dir
+    from semantica_jax.metrics import bootstrap, features, fewshot, variation
+    from semantica_jax.utils import image_io, parallel
+
+    params, step = run_dir.restore_ema_params(workdir, step)
+    test = assets.embedded_split(config, assets.load_encoder(config), config.data.eval_split)
+    feat_bundle = assets.feature_net(config)
+    feature_fn = features.feature_fn(feat_bundle)
+    subset = evaluate.balanced_subset(test.labels, num, config.seed, "--num", classes)
+    labels = test.labels[subset]
+    real_feats = fewshot.compute_features(feature_fn, image_io.to_model_range(test.images[subset]))
+    rest = np.setdiff1d(np.arange(len(test.labels)), subset)
+    rest_feats = fewshot.compute_features(feature_fn, image_io.to_model_range(test.images[rest]))
+    floor = variation.real_floor(
+        real_feats, min(num, len(rest)), seed, other=rest_feats, pr_k=int(config.eval.pr_k)
+    )
+    gen = evaluate.Generator(config, params, test, parallel.make_mesh(config.mesh.fsdp))
+    rng = jax.random.fold_in(jax.random.PRNGKey(seed), 7)
+    pr_k = int(config.eval.pr_k)
+    result: dict[str, Any] = {
+        "step": int(step),
+        "num_images": int(num),
+        "guidance": float(guidance),
+        "classes": list(classes),
+        "real_floor_fid": float(floor["fid"]),
+    }
+    for name, k in (("full", num), ("one_shot", len(np.unique(labels)))):
+        _, cond_pos, samples, feats = evaluate.protocol(
+            gen,
+            real_feats,
+            subset,
+            labels,
+            k,
+            guidance,
+            jax.random.fold_in(rng, k),
+            feature_fn,
+            config.seed,
+            pr_k,
+        )
+        block = {"fid": bootstrap.fid_interval(real_feats, feats, seed=seed)}
+        block.update(bootstrap.precision_recall_intervals(real_feats, feats, pr_k, seed=seed))
+        per = len(samples) // len(cond_pos)
+        cond_labels = np.repeat(labels[cond_pos], per)
+        correct = features.classify(feat_bundle, samples) == cond_labels
+        block["class_consistency"] = bootstrap.mean_interval(correct, seed=seed)
+        if per > 1:  # the full set has one sample per conditioning image
+            grouped = feats.reshape(len(cond_pos), per, -1)
+            block["diversity"] = bootstrap.mean_interval(
+                variation.per_sample_diversity(grouped), seed=seed
+            )
+        result[name] = block
+        if copies and name == "one_shot":
+            result.update(
+                _copies(
+                    config, test, subset[np.repeat(cond_pos, per)], samples, feats, feature_fn, seed
+                )
+            )
+    return result
+
+
+def _copies(config, test, cond_index, samples, feats, feature_fn, seed) -> dict[str, Any]:
+    """Copy rate (nearest train+test image in feature space is the sample's own
+    conditioning image) and distances to the conditioning image, with intervals."""
+    import numpy as np
+
+    from semantica_jax import assets
+    from semantica_jax.metrics import bootstrap, fewshot
+    from semantica_jax.utils import image_io
+
+    train_images, _ = assets.load_split(config, config.data.train_split)
+    pool = np.concatenate([test.images, train_images])  # test rows first: index = test index
+    pool_feats = fewshot.compute_features(feature_fn, image_io.to_model_range(pool))
+    cond = image_io.to_model_range(test.images[cond_index])
+    nearest = np.empty(len(feats), np.int64)
+    pool_sq = np.sum(pool_feats**2, axis=1)
+    for lo in range(0, len(feats), 500):
+        d = pool_sq[None] - 2.0 * feats[lo : lo + 500] @ pool_feats.T
+        nearest[lo : lo + 500] = np.argmin(d, axis=1)
+    pixel = np.sqrt(np.mean((samples - cond) ** 2, axis=(1, 2, 3)))
+    feature = np.linalg.norm(feats - pool_feats[cond_index], axis=1)
+    return {
+        "copy_rate": bootstrap.mean_interval(nearest == cond_index, seed=seed),
+        "dist_pixel": bootstrap.mean_interval(pixel, seed=seed),
+        "dist_feature": bootstrap.mean_interval(feature, seed=seed),
+    }
+
+
+def measure_arm(claim: Claim, arm: Arm, args) -> list[dict[str, Any]]:
+    """Trains and measures one arm for every seed; returns one record per (seed, step)."""
+    records = []
+    for seed in range(args.seeds):
+        config = arm_config(
+            arm, steps=args.steps, seed=seed, tiny=args.tiny, cache_dir=args.cache_dir
+        )
+        workdir, train_seconds = train_arm(config, args.out)
+        for fraction in arm.at_fractions:
+            step = (
+                max(
+                    1,
+                    round(fraction * args.steps / config.train.checkpoint_every)
+                    * config.train.checkpoint_every,
+                )
+                if fraction < 1
+                else args.steps
+            )
+            guidance = float(config.sampler.guidance if arm.guidance is None else arm.guidance)
+            classes = "".join(map(str, arm.eval_classes))
+            key = f"{run_key(config)}-step{step}-n{args.num}-w{guidance:g}-c{classes}"
+            key += "-copies" if arm.copies else ""
+            path = os.path.join(args.out, "measurements", f"{key}.json")
+            if os.path.isfile(path):
+                with open(path) as f:
+                    metrics = json.load(f)
+            else:
+                start = time.perf_counter()
+                metrics = measure(
+                    config,
+                    workdir,
+                    step,
+                    num=args.num,
+                    guidance=guidance,
+                    copies=arm.copies,
+                    classes=arm.eval_classes,
+                    seed=seed,
+                )
+                metrics["eval_seconds"] = round(time.perf_counter() - start, 1)
+                _write_json(path, metrics)
+            records.append(
+                {
+                    "arm": arm.name,
+                    "variant": arm.variant,
+                    "overrides": [list(o) for o in arm.overrides],
+                    "seed": seed,
+                    "workdir": os.path.relpath(workdir, ROOT),
+                    "train_seconds_this_call": round(train_seconds, 1),
+                    **metrics,
+                }
+            )
+    return records
+
+
+# --- verdicts, outputs -------------------------------------------------------------------
+
+
+def metric_of(record: dict[str, Any], metric: str) -> dict[str, Any]:
+    """The interval dict of a dotted metric ('one_shot.recall', 'copy_rate')."""
+    node: Any = record
+    for part in metric.split("."):
+        node = node[part]
+    return node if isinstance(node, dict) else {"value": node, "low": node, "high": node}
+
+
+def final_records(claim: Claim, records: list[dict[str, Any]], seed: int) -> dict[str, dict]:
+    """arm name -> its record at the last measured step for `seed`."""
+    out: dict[str, dict] = {}
+    for r in records:
+        if r["seed"] == seed and (r["arm"] not in out or r["step"] >= out[r["arm"]]["step"]):
+            out[r["arm"]] = r
+    return out
+
+
+def judge(claim: Claim, records: list[dict[str, Any]], seeds: int) -> tuple[list[dict], str]:
+    """Each comparison per seed (holds / opposite / overlap), and the claim's verdict."""
+    from semantica_jax.metrics.bootstrap import separated
+
+    rows, outcomes = [], []
+    for seed in range(seeds):
+        final = final_records(claim, records, seed)
+        for c in claim.comparisons:
+            a, b = metric_of(final[c.a], c.metric), metric_of(final[c.b], c.metric)
+            sign = separated(a, b) * (1 if c.expect == "higher" else -1)
+            outcome = {1: "holds", -1: "opposite", 0: "overlap"}[sign]
+            outcomes.append(outcome)
+            rows.append(
+                {
+                    "metric": c.metric,
+                    "a": c.a,
+                    "b": c.b,
+                    "expect": c.expect,
+                    "seed": seed,
+                    "a_value": a,
+                    "b_value": b,
+                    "outcome": outcome,
+                }
+            )
+    if all(o == "holds" for o in outcomes):
+        verdict = "confirmed"
+    elif "holds" not in outcomes and "opposite" in outcomes and "overlap" not in outcomes:
+        verdict = "refuted"
+    elif "holds" in outcomes and "opposite" in outcomes:
+        verdict = "mixed"
+    else:
+        verdict = "inconclusive"
+    return rows, verdict
+
+
+def plot(claim: Claim, records: list[dict[str, Any]], path: str) -> None:
+    """The claim's plot metric per arm (and per step for learning curves), 95% intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from semantica_jax.utils import atomic_files
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    curves = any(len(a.at_fractions) > 1 for a in claim.arms)
+    for i, arm in enumerate(claim.arms):
+        mine = sorted((r for r in records if r["arm"] == arm.name), key=lambda r: r["step"])
+        values = [metric_of(r, claim.plot_metric) for r in mine]
+        xs = [r["step"] for r in mine] if curves else [i + 0.1 * r["seed"] for r in mine]
+        err = [[v["value"] - v["low"] for v in values], [v["high"] - v["value"] for v in values]]
+        ax.errorbar(
+            xs,
+            [v["value"] for v in values],
+            yerr=err,
+            fmt="o-" if curves else "o",
+            capsize=3,
+            label=arm.name,
+        )
+    if not curves:
+        ax.set_xticks(
+            range(len(claim.arms)),
+            [a.name for a in claim.arms],
+            rotation=20,
+            ha="right",
+            fontsize=8,
+        )
+    else:
+        ax.set_xlabel("decoder step")
+    ax.set_ylabel(f"{claim.plot_metric} (95% bootstrap interval)")
+    ax.set_title(f"{claim.name}: {claim.source}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_files.save_figure(fig, path, format="png")
+
+
+def _write_json(path: str, obj: Any) -> None:
+    from semantica_jax.utils import atomic_files
+
+    atomic_files.write_json(path, obj, default=float)
+
+
+def _git_revision() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _fmt(v: dict[str, Any]) -> str:
+    return f"{v['value']:.3g} [{v['low']:.3g}, {v['high']:.3g}]"
+
+
+def write_table(out: str, path: str = TABLE) -> str:
+    """docs/paper_claims.md from every claim JSON in `out` (claims in spec order)."""
+    from semantica_jax.utils import atomic_files
+
+    lines = [
+        "# The papers' claims, re-measured on MNIST",
+        "",
+        "Written by `benchmarks/paper_claims.py` from `benchmarks/results/claims/*.json`; each",
+        "number is the value with its 95% bootstrap interval over the sample set. A verdict",
+        "needs separated intervals (see the harness docstring); N is the number of real and",
+        "of generated images per protocol, `floor` the FID of N real images against other",
+        "real images.",
+        "",
+        "| claim | source | comparison (seed) | ours | verdict | budget | command |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for claim in CLAIMS:
+        p = os.path.join(out, f"{claim.name}.json")
+        if not os.path.isfile(p):
+            lines.append(
+                f"| {claim.name} | {claim.source} | not measured yet | | | | "
+                f"`python benchmarks/paper_claims.py --claim={claim.name}` |"
+            )
+            continue
+        with open(p) as f:
+            result = json.load(f)
+        rows = "<br>".join(
+            f"{r['metric']}: {r['a']} {_fmt(r['a_value'])} vs {r['b']} {_fmt(r['b_value'])}"
+            f" (s{r['seed']}, {r['outcome']})"
+            for r in result["comparisons"]
+        )
+        budget = (
+            f"{result['steps']} steps, N={result['num']}, {result['seeds']} seed(s), "
+            f"floor {result['real_floor_fid']:.2f}, {result['cpu']}"
+        )
+        lines.append(
+            f"| {claim.name} | {claim.source} | {claim.statement} | {rows} | "
+            f"**{result['verdict']}** | {budget} | `{result['command']}` |"
+        )
+    lines += ["", "Plots: `benchmarks/results/claims/<claim>.png`."]
+    atomic_files.write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def run_claim(claim: Claim, args) -> dict[str, Any]:
+    start = time.perf_counter()
+    records = [r for arm in claim.arms for r in measure_arm(claim, arm, args)]
+    comparisons, verdict = judge(claim, records, args.seeds)
+    result = {
+        "claim": claim.name,
+        "source": claim.source,
+        "statement": claim.statement,
+        "verdict": verdict,
+        "comparisons": comparisons,
+        "records": records,
+        "steps": args.steps,
+        "seeds": args.seeds,
+        "num": args.num,
+        "tiny": args.tiny,
+        "real_floor_fid": records[0]["real_floor_fid"],
+        "wall_seconds_this_call": round(time.perf_counter() - start, 1),
+        "git_revision": _git_revision(),
+        "cpu": cpu_model(),
+        "command": "python benchmarks/paper_claims.py " + " ".join(args.argv),
+    }
+    _write_json(os.path.join(args.out, f"{claim.name}.json"), result)
+    plot(claim, records, os.path.join(args.out, f"{claim.name}.png"))
+    print(f"{claim.name}: {verdict}", flush=True)
+    return result
+
+
+def parse_args(argv: list[str]):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--claim", default="all", help=f"all or one of {', '.join(BY_NAME)}")
+    p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("--steps", type=int, default=1500, help="decoder steps of every arm")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per arm")
+    p.add_argument("--num", type=int, default=2000, help="N images per protocol (x10)")
+    p.add_argument("--cache_dir", default="", help="'' = the config's cache dir")
+    p.add_argument("--tiny", action="store_true", help="arms on the tiny config (tests)")
+    p.add_argument("--table", default=TABLE, help="markdown table to rewrite ('' = none)")
+    args = p.parse_args(argv)
+    names = list(BY_NAME) if args.claim == "all" else args.claim.split(",")
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        p.exit(
+            2,
+            f"error: unknown claim(s) {', '.join(unknown)}; choose from "
+            f"{', '.join(BY_NAME)} or all\n",
+        )
+    if args.steps < 3 or args.seeds < 1 or args.num < 10 or args.num % 10:
+        p.exit(2, "error: --steps must be >= 3, --seeds >= 1, --num a positive multiple of 10\n")
+    args.names, args.argv = names, argv
+    args.out = os.path.abspath(args.out)
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from absl import logging
+
+    logging.set_verbosity(logging.INFO)
+    results = [run_claim(BY_NAME[name], args) for name in args.names]
+    if args.table:
+        write_table(args.out, args.table)
+    return results
+
+
+if __name__ == "__main__":
+    main()
