@@ -267,6 +267,32 @@ def run_key(config) -> str:
     )
 
 
+def _is_plain_default(arm: Arm, seed: int) -> bool:
+    # Only a final-checkpoint arm: a reused run has its own checkpoint schedule.
+    return (
+        arm.variant == "default"
+        and not arm.overrides
+        and seed == 0
+        and (arm.at_fractions == (1.0,))
+    )
+
+
+def reused_default(path: str, steps: int) -> str:
+    """A finished default run given by --default_workdir, checked to be one at `steps`."""
+    from semantica_jax import workdir as run_dir
+
+    config = run_dir.load_config(path)
+    with open(run_dir.summary_path(path)) as f:
+        final = json.load(f).get("final_step")
+    if config.variant != "default" or final != steps or config.seed != 0:
+        raise SystemExit(
+            f"error: --default_workdir={path} is variant {config.variant!r}, seed "
+            f"{config.seed}, finished at step {final}; it must be the default, seed 0, at "
+            f"--steps={steps}"
+        )
+    return os.path.abspath(path)
+
+
 def train_arm(config, out: str) -> tuple[str, float]:
     """Trains (or resumes, or reuses) the arm's run; returns (workdir, seconds spent)."""
     from semantica_jax import train
@@ -396,7 +422,10 @@ def measure_arm(claim: Claim, arm: Arm, args) -> list[dict[str, Any]]:
         config = arm_config(
             arm, steps=args.steps, seed=seed, tiny=args.tiny, cache_dir=args.cache_dir
         )
-        workdir, train_seconds = train_arm(config, args.out)
+        if args.default_workdir and _is_plain_default(arm, seed):
+            workdir, train_seconds = reused_default(args.default_workdir, args.steps), 0.0
+        else:
+            workdir, train_seconds = train_arm(config, args.out)
         for fraction in arm.at_fractions:
             step = (
                 max(
@@ -653,6 +682,12 @@ def parse_args(argv: list[str]):
     p.add_argument("--num", type=int, default=2000, help="N images per protocol (x10)")
     p.add_argument("--cache_dir", default="", help="'' = the config's cache dir")
     p.add_argument("--tiny", action="store_true", help="arms on the tiny config (tests)")
+    p.add_argument(
+        "--default_workdir",
+        default="",
+        help="a finished default run at --steps (e.g. workdirs/mnist_default from make demo) "
+        "used for the arms that are the plain default, seed 0, instead of training one",
+    )
     p.add_argument("--table", default=TABLE, help="markdown table to rewrite ('' = none)")
     args = p.parse_args(argv)
     names = list(BY_NAME) if args.claim == "all" else args.claim.split(",")
