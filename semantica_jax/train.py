@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import signal
 import time
@@ -42,10 +43,18 @@ def validate_config(config) -> None:
         "train.checkpoint_every": config.train.checkpoint_every,
         "sampler.num_steps": config.sampler.num_steps,
         "data.image_size": config.data.image_size,
+        "train.keep_checkpoints": config.train.keep_checkpoints,
+        "train.learning_rate": config.train.learning_rate,
+        "encoder.num_steps": config.encoder.num_steps,
+        "encoder.batch_size": config.encoder.batch_size,
+        "encoder.learning_rate": config.encoder.learning_rate,
     }
     for name, value in positive.items():
-        if value <= 0:
-            raise ValueError(f"config.{name}={value} must be positive")
+        # `not value > 0` also rejects NaN, known before the first step.
+        if not value > 0 or not math.isfinite(value):
+            raise ValueError(f"config.{name}={value} must be positive and finite")
+    if not math.isfinite(config.sampler.guidance):
+        raise ValueError(f"config.sampler.guidance={config.sampler.guidance} must be finite")
     if config.train.eval_every < 0:
         raise ValueError(
             f"config.train.eval_every={config.train.eval_every} must be >= 0 (0: never)"

@@ -62,3 +62,25 @@ def test_sample_cli_bad_input_is_one_error_line(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], proc.stderr
     assert not out.exists() and os.listdir(tmp_path) in ([], ["run"])  # no temp file either
+
+
+@pytest.mark.parametrize(
+    "flag, words",
+    [
+        ("--guidance=nan", "--guidance must be finite"),
+        ("--seed=-1", "--seed must be in"),
+        ("--scale=100000", "--scale must be in"),
+        ("--num=0", "--num must be >= 1"),
+    ],
+)
+def test_sample_cli_bad_flag_value_is_one_error_line(
+    tool_workdir, tool_inputs, tmp_path, flag, words, run_tool
+):
+    out = tmp_path / "grid.png"
+    proc = run_tool(
+        "sample", f"--workdir={tool_workdir}", f"--image={tool_inputs['png']}", flag, f"--out={out}"
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], proc.stderr
+    assert not out.exists() and os.listdir(tmp_path) == []

@@ -295,3 +295,25 @@ def test_learning_rate_schedules_by_value():
     cfg.lr_decay = "constant"
     lr = learning_rate_schedule(cfg)
     np.testing.assert_allclose([float(lr(s)) for s in (5, 10, 110, 10**6)], [5e-4] + [1e-3] * 3)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("train.keep_checkpoints", 0),
+        ("train.learning_rate", float("nan")),
+        ("encoder.num_steps", -1),
+        ("encoder.batch_size", 0),
+        ("sampler.guidance", float("inf")),
+    ],
+)
+def test_validate_config_names_the_bad_field_before_any_write(field, value):
+    from configs import mnist
+    from semantica_jax import train
+
+    config = mnist.get_config("tiny")
+    section, name = field.split(".")
+    config[section][name] = value
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        train.validate_config(config)
+    train.validate_config(mnist.get_config("tiny"))

@@ -25,6 +25,9 @@ from absl import logging as absl_logging
 from semantica_jax.errors import UserError, fail
 
 _HELP = ("--help", "-h", "--helpshort", "--helpfull", "-?")
+# Output grids are upscaled in memory: 32x of a 28 px grid is already ~900 px per digit.
+MAX_SCALE = 32
+MAX_STEPS = 10_000
 Log = Callable[[str], None]
 
 
@@ -160,14 +163,17 @@ def check_sampler_flags(steps: int, kind: str, scale: int) -> dict[str, Any]:
     """Checks the shared sampler flags; returns the sampler overrides they ask for.
 
     Raises:
-      UserError: a negative step count, a scale below 1 or an unknown sampler kind.
+      UserError: a step count outside [0, MAX_STEPS], a scale outside [1, MAX_SCALE] or an
+        unknown sampler kind.
     """
     from semantica_jax.diffusion import samplers
 
     if steps < 0:
         raise UserError(f"--steps must be >= 0 (0 = the run's sampler.num_steps), got {steps}")
-    if scale < 1:
-        raise UserError(f"--scale must be >= 1, got {scale}")
+    if not 1 <= scale <= MAX_SCALE:
+        raise UserError(f"--scale must be in [1, {MAX_SCALE}], got {scale}")
+    if steps > MAX_STEPS:
+        raise UserError(f"--steps must be <= {MAX_STEPS}, got {steps}")
     if kind and kind not in samplers.KINDS:
         raise UserError(f"--kind must be one of {', '.join(samplers.KINDS)}, got {kind!r}")
     overrides: dict[str, Any] = {"num_steps": int(steps)} if steps else {}

@@ -16,6 +16,7 @@ Bad input (missing/corrupt file, unusable .npy, workdir without config or checkp
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -25,6 +26,9 @@ from semantica_jax import errors
 from semantica_jax import workdir as run_dir
 from semantica_jax.errors import UserError
 from semantica_jax.tools import cli
+
+# Far beyond any useful w (the paper sweeps 0-4); larger values only overflow.
+MAX_GUIDANCE = 100.0
 
 # --- sampling --------------------------------------------------------------------------------
 
@@ -131,6 +135,10 @@ def make_variations(
     log = log or cli.stderr_log
     if num < 1:
         raise UserError(f"--num must be >= 1, got {num}")
+    if not math.isfinite(guidance) or abs(guidance) > MAX_GUIDANCE:
+        raise UserError(f"--guidance must be finite and within ±{MAX_GUIDANCE:g}, got {guidance}")
+    if not 0 <= seed < 2**32:
+        raise UserError(f"--seed must be in [0, 2**32), got {seed}")
     overrides = cli.check_sampler_flags(steps, kind, scale)
     config = run_dir.load_config(workdir, cache_dir)
     inputs = cli.load_inputs(image_paths, config.data.image_size, config.data.channels, log)
