@@ -6,6 +6,7 @@ the data-pipeline position (exact resume), clu summaries, sample grids, preempti
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -22,7 +23,7 @@ from clu import metric_writers, parameter_overview, periodic_actions
 
 from semantica_jax import assets, decoder
 from semantica_jax import workdir as run_dir
-from semantica_jax.data.pipeline import make_train_pipeline
+from semantica_jax.data.pipeline import make_train_pipeline, write_pair_report
 from semantica_jax.errors import NonFiniteError
 from semantica_jax.train_step import (
     StepConfig,
@@ -195,23 +196,28 @@ def sample_grid_conditioning(data: assets.EmbeddedSplit, rows: int) -> np.ndarra
 def train_and_evaluate(config, workdir: str) -> tuple[TrainState, dict[str, Any]]:
     """Trains the decoder described by `config`, resuming from `workdir` if possible.
 
+    Everything that can be checked without training (config values, a resumed workdir's
+    config, the data, the pairs, the model shapes) is checked before the first file is
+    written, and process 0 holds WORKDIR/.lock for the whole run.
+
     Returns:
       The final train state and a summary dict (also written to WORKDIR/summary.json).
     """
     validate_config(config)
+    run_dir.check_resumable(config, workdir)
+    with contextlib.ExitStack() as stack:
+        return training_loop(config, workdir, stack)
+
+
+def training_loop(config, workdir: str, stack: contextlib.ExitStack):
+    """The body of `train_and_evaluate`; takes the workdir lock into `stack` before writing."""
     mesh = parallel.make_mesh(config.mesh.fsdp)
     per_process_batch = parallel.check_batch_size(config.train.batch_size, mesh)
-    if jax.process_index() == 0:
-        run_dir.write_config(config, workdir)
-    writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0, asynchronous=False
-    )
-
     bundle = assets.load_encoder(config)
     train_data = assets.embedded_split(config, bundle, config.data.train_split)
     train_data = train_data.with_classes(tuple(config.data.get("train_classes", ())))
     eval_data = assets.embedded_split(config, bundle, config.data.eval_split)
-    pipe, pair_report = make_train_pipeline(config, train_data, workdir, per_process_batch)
+    pipe, pair_report = make_train_pipeline(config, train_data, per_process_batch)
     grid_idx = sample_grid_conditioning(eval_data, int(config.train.num_sample_rows))
     grid_cond = assets.EmbeddedSplit(
         eval_data.images[grid_idx],
@@ -228,8 +234,15 @@ def train_and_evaluate(config, workdir: str) -> tuple[TrainState, dict[str, Any]
         "cond_cls": train_data.cls[:1],
     }
     state, abstract_state = create_state(config, model, tx, example, mesh)
+    # Checked: the first writes.
     if jax.process_index() == 0:
+        stack.enter_context(run_dir.locked(workdir))
+        run_dir.write_config(config, workdir)
+        write_pair_report(pair_report, workdir)
         parameter_overview.log_parameter_overview(state.params)
+    writer = metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0, asynchronous=False
+    )
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
 
     hp = StepConfig.from_config(config)

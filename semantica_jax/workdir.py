@@ -13,8 +13,10 @@ raise `UserError` with a fix when the directory is not a finished training run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import ml_collections
@@ -112,3 +114,94 @@ def restore_ema_params(workdir: str, step: int | None = None) -> tuple[Any, int]
         return checkpointing.restore_params(checkpoints, step=step, item="ema_params")
     except FileNotFoundError as err:
         raise UserError(str(err)) from err
+
+
+# --- one run per workdir, and only the same run resumed -------------------------------------
+
+LOCK = ".lock"
+# Fields a resumed run may change: how long it runs and what it logs, not what it learns.
+RESUMABLE_CHANGES = (
+    "train.num_steps",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.eval_every",
+    "train.profile",
+    "train.num_sample_rows",
+    "train.num_sample_cols",
+    "cache_dir",
+    "data.data_dir",
+    "data.prefetch",
+    "mesh.",
+    "eval.",
+    "sampler.",
+    "encoder.checkpoint",
+    "encoder.log_every",
+)
+
+
+@contextlib.contextmanager
+def locked(workdir: str) -> Iterator[None]:
+    """Holds WORKDIR/.lock (an fcntl lock) for the block: one training run per workdir.
+
+    The kernel releases the lock when the process exits, SIGKILL included.
+
+    Raises:
+      UserError: another process holds the lock.
+    """
+    import fcntl
+
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, LOCK), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise UserError(
+                f"workdir {workdir} is in use by another run (it holds {LOCK}); wait for it "
+                "to finish or pass another --workdir"
+            ) from err
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def config_differences(stored: dict, wanted: dict) -> list[str]:
+    """Fields that differ between two config dicts and that a resumed run must not change."""
+    a, b = _flat(json.loads(json.dumps(stored))), _flat(json.loads(json.dumps(wanted)))
+    return sorted(
+        f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
+        for key in set(a) | set(b)
+        if a.get(key) != b.get(key) and not key.startswith(RESUMABLE_CHANGES)
+    )
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Refuses to resume a workdir trained with another architecture, data or recipe.
+
+    Raises:
+      UserError: WORKDIR has checkpoints and its config.json differs in a field outside
+        RESUMABLE_CHANGES (the message names every such field).
+    """
+    path = config_path(workdir)
+    if not (os.path.isdir(checkpoints_dir(workdir)) and os.path.isfile(path)):
+        return
+    try:
+        with open(path) as f:
+            stored = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path} is not readable JSON ({err}); not a resumable run") from err
+    wanted = json.loads(config.to_json_best_effort())
+    diffs = config_differences(stored, wanted)
+    if diffs:
+        raise UserError(
+            f"{workdir} was trained with another config; resuming it would mix two runs. "
+            f"Differences: {'; '.join(diffs)}. Pass a new --workdir (or the same config)"
+        )

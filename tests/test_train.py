@@ -317,3 +317,17 @@ def test_validate_config_names_the_bad_field_before_any_write(field, value):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         train.validate_config(config)
     train.validate_config(mnist.get_config("tiny"))
+
+
+def test_a_run_that_fails_its_checks_writes_nothing(session_cache, tmp_path):
+    from configs import mnist
+    from semantica_jax import train
+
+    config = mnist.get_config("tiny")
+    config.cache_dir = session_cache
+    config.episodes.filter_mode = "absolute"
+    config.episodes.low, config.episodes.high = 0.9999, 1.0  # no pair survives
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match="no pair survived filtering"):
+        train.train_and_evaluate(config, str(workdir))
+    assert not workdir.exists()

@@ -3,6 +3,9 @@
 import json
 import os
 
+import pytest
+
+from semantica_jax import errors
 from semantica_jax import workdir as run_dir
 
 
@@ -15,3 +18,56 @@ def test_config_json_round_trips(tool_workdir):
     assert list(config.model.channels) == expected
     with open(os.path.join(tool_workdir, "config.json")) as f:
         assert json.load(f)["model"]["channels"] == expected  # tuples come back as lists
+
+
+def test_lock_refuses_a_second_run_and_is_freed_by_sigkill(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with run_dir.locked(str(tmp_path)):
+        with pytest.raises(errors.UserError, match="in use by another run"):
+            with run_dir.locked(str(tmp_path)):
+                pass
+    with run_dir.locked(str(tmp_path)):  # released on exit of the block
+        pass
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.path.insert(0, sys.argv[2]); from semantica_jax import workdir as w\n"
+            "with w.locked(sys.argv[1]):\n print('held', flush=True); import time; time.sleep(60)",
+            str(tmp_path),
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(errors.UserError):
+        with run_dir.locked(str(tmp_path)):
+            pass
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=10)
+    time.sleep(0.1)
+    with run_dir.locked(str(tmp_path)):
+        pass
+
+
+def test_resume_refuses_another_architecture_and_allows_longer_runs(tmp_path):
+    from configs import mnist
+
+    config = mnist.get_config("tiny")
+    run_dir.check_resumable(config, str(tmp_path))  # nothing there: fine
+    os.makedirs(tmp_path / "checkpoints")
+    run_dir.write_config(config, str(tmp_path))
+    longer = mnist.get_config("tiny")
+    longer.train.num_steps = 100
+    longer.eval.num_images = 80
+    run_dir.check_resumable(longer, str(tmp_path))
+    wider = mnist.get_config("tiny")
+    wider.model.transformer_width = 64
+    wider.seed = 3
+    with pytest.raises(errors.UserError, match="model.transformer_width: 32 -> 64.*seed: 0 -> 3"):
+        run_dir.check_resumable(wider, str(tmp_path))

@@ -371,18 +371,16 @@ def _check_inputs(
         raise ValueError(f"pairs index images outside [0, {n}): rebuild them for these arrays")
 
 
-def make_train_pipeline(
-    config, data, workdir: str | None, per_process_batch: int
-) -> tuple[Pipeline, dict]:
+def make_train_pipeline(config, data, per_process_batch: int) -> tuple[Pipeline, dict]:
     """Episodes -> filtered pairs -> a sharded, resumable, prefetching pipeline.
 
     Args:
       config: the full config (episodes, data.prefetch, seed).
       data: an `assets.EmbeddedSplit` (images, labels, tokens, cls of the train split).
-      workdir: where the pair-similarity report goes; None writes none.
       per_process_batch: this process's share of the global batch.
 
-    Writes the pair-similarity histogram (PNG + JSON) to `workdir` on process 0.
+    Writes nothing: `write_pair_report` saves the pair-similarity histogram once the run
+    has passed its checks.
     """
     pairs, report = episodes.build_pairs(data.cls, data.labels, config.episodes, config.seed)
     logging.info(
@@ -392,16 +390,6 @@ def make_train_pipeline(
         raise ValueError(
             "no training pairs left after filtering; widen config.episodes.low/high or set "
             "config.episodes.filter=False"
-        )
-    if workdir and jax.process_index() == 0 and "similarities" in report:
-        os.makedirs(workdir, exist_ok=True)
-        episodes.save_similarity_report(
-            report["similarities"],
-            report.get("low_cosine"),
-            report.get("high_cosine"),
-            report,
-            os.path.join(workdir, "pair_similarity.png"),
-            os.path.join(workdir, "pair_similarity.json"),
         )
     pipe = Pipeline(
         data.images,
@@ -416,3 +404,16 @@ def make_train_pipeline(
         prefetch=config.data.prefetch,
     )
     return pipe, report
+
+
+def write_pair_report(report: dict, workdir: str) -> None:
+    """The pair-similarity histogram (PNG + JSON) of `make_train_pipeline`'s report."""
+    if "similarities" in report:
+        episodes.save_similarity_report(
+            report["similarities"],
+            report.get("low_cosine"),
+            report.get("high_cosine"),
+            report,
+            os.path.join(workdir, "pair_similarity.png"),
+            os.path.join(workdir, "pair_similarity.json"),
+        )
