@@ -71,15 +71,17 @@ def make_variation_fn(config, model: uvit.UViT | None = None, **sampler_override
     """A sampler of variations for conditioning embeddings, compiled once per batch shape.
 
     Returns:
-      `fn(params, cond_tokens [B,T,D], cond_cls [B,D], rng, guidance) -> images [B,H,W,C]`
-      in [-1,1]. Both guidance branches run in one doubled batch; `guidance` is traced.
+      `fn(params, cond_tokens [B,T,D], cond_cls [B,D], rng, guidance, t_start=1.0,
+      x_start=None) -> images [B,H,W,C]` in [-1,1]. Both guidance branches run in one
+      doubled batch; `guidance` and `t_start` are traced. `t_start < 1` with `x_start`
+      [B,H,W,C] in [-1,1] starts part-way from the noised x_start (SDEdit).
     """
     apply_fn = DecoderApply(model or build_model(config))
     settings = SamplerSettings.from_config(config, **sampler_overrides)
     logsnr_fn = training_logsnr_fn(config)
     shape_hw = (config.data.image_size, config.data.image_size, config.data.channels)
 
-    def fn(params, cond_tokens, cond_cls, rng, guidance):
+    def fn(params, cond_tokens, cond_cls, rng, guidance, t_start=1.0, x_start=None):
         sampler = samplers.make_sampler(
             apply_fn,
             (cond_tokens.shape[0], *shape_hw),
@@ -95,6 +97,6 @@ def make_variation_fn(config, model: uvit.UViT | None = None, **sampler_override
             "tokens": jnp.asarray(cond_tokens, jnp.float32),
             "cls": jnp.asarray(cond_cls, jnp.float32),
         }
-        return sampler(params, cond, rng, guidance)
+        return sampler(params, cond, rng, guidance, t_start, x_start)
 
     return fn

