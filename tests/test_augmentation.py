@@ -62,3 +62,18 @@ def test_dafusion_mixing_rate_and_slots():
     assert set(np.unique(slot[(source == 1) & use])) == {0, 1, 2}
     with pytest.raises(ValueError, match="probability"):
         aug.dafusion_draws(rng, source, num_variations, 1.5)
+
+
+def test_standard_augment_moves_pixels_keeps_range_and_is_seeded():
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.full((4, 28, 28, 1), -1.0).at[:, 8:20, 12:16].set(1.0)
+    a = aug.standard_augment(jax.random.key(0), x)
+    b = aug.standard_augment(jax.random.key(0), x)
+    c = aug.standard_augment(jax.random.key(1), x, elastic=False)
+    assert a.shape == x.shape and float(a.min()) >= -1.0 - 1e-5 and float(a.max()) <= 1.0 + 1e-5
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert float(jnp.mean(jnp.abs(a - x))) > 0.01 and float(jnp.mean(jnp.abs(c - x))) > 0.01
+    # Ink is moved, not created: the mean brightness stays close (scale 0.9-1.1).
+    assert abs(float(jnp.mean(c)) - float(jnp.mean(x))) < 0.1
