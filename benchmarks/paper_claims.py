@@ -574,7 +574,7 @@ def _write_json(path: str, obj: Any) -> None:
     atomic_files.write_json(path, obj, default=float)
 
 
-def _git_revision() -> str:
+def git_revision() -> str:
     try:
         return subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -663,7 +663,7 @@ def run_claim(claim: Claim, args) -> dict[str, Any]:
         "tiny": args.tiny,
         "real_floor_fid": records[0]["real_floor_fid"],
         "wall_seconds_this_call": round(time.perf_counter() - start, 1),
-        "git_revision": _git_revision(),
+        "git_revision": git_revision(),
         "cpu": cpu_model(),
         "command": "python benchmarks/paper_claims.py " + " ".join(args.argv),
     }

@@ -1,0 +1,368 @@
+"""Few-shot MNIST with generative augmentation (seed 004): when do variations help?
+
+  .venv/bin/python benchmarks/augmentation.py --workdir=workdirs/mnist_unsupervised \
+      --label_workdir=workdirs/mnist_default --out=benchmarks/results
+  .venv/bin/python benchmarks/augmentation.py --workdir=DIR --quick --out=/tmp/aug   # seconds
+
+k labelled train images per class (k in --k, --subsets seeded subsets each) train the same
+small CNN (models/feature_net.FeatureNet, --steps Adam steps of batch 64) under:
+  (a) real only; (b) real + standard augmentation (augmentation.standard_augment: random
+  affine and elastic, dm-pix); (c) real + M variations per image from `tools/augment.py`,
+  mixed as DA-Fusion does (each draw replaced by one of its variations with p = 0.5);
+  (d) (b) and (c) together; (e) an oracle with k (1 + M) real images per class.
+Accuracy on the full 10k test split, mean ± std over the subsets. Ablations at k = 10: the
+filter off, constant guidance w in {0, 0.5, 1} instead of SGID's, SDEdit strength 0.5 and
+0.3 instead of pure noise. `--workdir` is the generator of the main rows and must be
+label-free (configs/mnist.py:unsupervised: a SimCLR encoder and k-means episodes) so that
+no label beyond the k per class reaches the classifier; `--label_workdir` adds a clearly
+marked row for a generator trained on label-grouped pairs of all 60k labels (leakage).
+
+Variations are generated once per (generator, k, subset, setting) into OUT/augmentation/
+and reused on a rerun, like every finished classifier run. Outputs:
+OUT/augmentation.json, OUT/augmentation.png (accuracy vs k, arms a-e), OUT/augmentation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+ARMS = ("a_real", "b_standard", "c_variations", "d_both", "e_oracle")
+# name -> the tools/augment.py settings that differ from the main rows' (sgid, noise, filter).
+ABLATIONS = {
+    "filter off": dict(tau_low=-1.0, tau_high=1.01),
+    "constant w=0": dict(guidance="constant", w=0.0),
+    "constant w=0.5": dict(guidance="constant", w=0.5),
+    "constant w=1": dict(guidance="constant", w=1.0),
+    "strength 0.5": dict(strength=0.5),
+    "strength 0.3": dict(strength=0.3),
+}
+
+
+def few_shot_subset(labels: np.ndarray, k: int, seed: int, exclude=()) -> np.ndarray:
+    """k indices per class (sorted), seeded; `exclude` indices are never chosen."""
+    rng = np.random.default_rng(seed)
+    banned = np.zeros(len(labels), bool)
+    banned[np.asarray(exclude, np.int64)] = True
+    picked = [
+        rng.choice(np.flatnonzero((labels == c) & ~banned), k, replace=False)
+        for c in np.unique(labels)
+    ]
+    return np.sort(np.concatenate(picked))
+
+
+def train_classifier(
+    images,
+    labels,
+    *,
+    steps: int,
+    seed: int,
+    standard: bool,
+    variations=None,
+    mix_p: float = 0.5,
+    batch: int = 64,
+):
+    """The few-shot CNN: params after `steps` Adam steps on real (+ variation) draws.
+
+    Args:
+      images: uint8 [N, H, W, C] real labelled images; labels: int [N].
+      steps: optimisation steps; seed: init, draws and augmentation.
+      standard: apply `augmentation.standard_augment` to every batch.
+      variations: None, or (var_images uint8 [V,...], var_source int [V]) for DA-Fusion
+        mixing with probability `mix_p`.
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from semantica_jax import augmentation as aug
+    from semantica_jax.models.feature_net import FeatureNet
+    from semantica_jax.utils import image_io
+
+    model = FeatureNet(num_classes=int(labels.max()) + 1)
+    key = jax.random.key(seed)
+    params = model.init(key, jnp.zeros((1, *images.shape[1:])))["params"]
+    tx = optax.adam(optax.cosine_decay_schedule(2e-3, steps))
+    opt = tx.init(params)
+
+    @jax.jit
+    def step_fn(params, opt, x, y, k):
+        x = image_io.to_model_range(x)
+        if standard:
+            x = aug.standard_augment(k, x)
+
+        def loss(p):
+            logits, _ = model.apply({"params": p}, x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        grads = jax.grad(loss)(params)
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), opt
+
+    rng = np.random.default_rng(seed)
+    if variations is not None:
+        var_images, var_source = variations
+        order = np.argsort(var_source, kind="stable")
+        counts = np.bincount(var_source, minlength=len(images))
+        offsets = np.cumsum(counts) - counts
+    for step in range(steps):
+        idx = rng.integers(0, len(images), batch)
+        x = images[idx]
+        if variations is not None:
+            use, slot = aug.dafusion_draws(rng, idx, counts, mix_p)
+            x = np.where(use[:, None, None, None], var_images[order[offsets[idx] + slot]], x)
+        params, opt = step_fn(params, opt, x, labels[idx], jax.random.fold_in(key, step))
+    return model, params
+
+
+def accuracy(model, params, images, labels, batch: int = 1000) -> float:
+    import jax
+
+    from semantica_jax.utils import image_io
+
+    apply = jax.jit(lambda p, x: model.apply({"params": p}, image_io.to_model_range(x))[0])
+    correct = sum(
+        int(np.sum(np.argmax(apply(params, images[i : i + batch]), -1) == labels[i : i + batch]))
+        for i in range(0, len(images), batch)
+    )
+    return correct / len(images)
+
+
+def variations_for(args, workdir: str, images, labels, tag: str, **changes):
+    """(images, source) of the kept variations: tools/augment.py, cached under OUT."""
+    from semantica_jax.tools import augment
+
+    settings = augment.AugmentSettings(variations=args.variations, seed=args.seed, **changes)
+    name = "-".join(
+        [os.path.basename(os.path.normpath(workdir)), tag]
+        + [f"{k}={v}" for k, v in sorted(changes.items())]
+    )
+    out = os.path.join(args.out, "augmentation", name)
+    if not os.path.isdir(out):
+        src = os.path.join(args.out, "augmentation", f"{name}.input.npz")
+        os.makedirs(os.path.dirname(src), exist_ok=True)
+        np.savez(src, images=images, labels=labels)
+        augment.augment(workdir, src, out, settings, log=lambda _: None)
+    data = np.load(os.path.join(out, "augmented.npz"))
+    keep = data["is_variation"]
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    return (data["images"][keep], data["source_index"][keep]), summary
+
+
+def run_cell(args, cache: dict, key: str, fn) -> float:
+    """One classifier accuracy, cached in OUT/augmentation_runs.json (resumable)."""
+    if key not in cache:
+        start = time.perf_counter()
+        cache[key] = {"accuracy": fn(), "seconds": round(time.perf_counter() - start, 1)}
+        from semantica_jax.utils import atomic_files
+
+        atomic_files.write_json(os.path.join(args.out, "augmentation_runs.json"), cache)
+        print(f"{key}: {cache[key]['accuracy']:.4f} ({cache[key]['seconds']} s)", flush=True)
+    return cache[key]["accuracy"]
+
+
+def arms_for(
+    args, cache, workdir, tag_prefix, train_x, train_y, test_x, test_y, k, s, arms=ARMS, **changes
+):
+    """Accuracy of each arm for one (generator, k, subset, settings)."""
+    sub = few_shot_subset(train_y, k, seed=1000 * k + s)
+    x, y = train_x[sub], train_y[sub]
+    tag = f"{tag_prefix}k{k}-s{s}"
+    suffix = "".join(f"-{a}={b}" for a, b in sorted(changes.items()))
+    out = {}
+
+    def fit(xs=x, ys=y, **kw):
+        model, params = train_classifier(xs, ys, steps=args.steps, seed=s, **kw)
+        return accuracy(model, params, test_x, test_y)
+
+    need_variations = any(a in arms for a in ("c_variations", "d_both"))
+    var = variations_for(args, workdir, x, y, tag, **changes)[0] if need_variations else None
+    for arm in arms:
+        key = f"{tag}{suffix}-{arm}-steps{args.steps}-m{args.variations}"
+        if arm == "a_real":
+            out[arm] = run_cell(args, cache, key, lambda: fit(standard=False))
+        elif arm == "b_standard":
+            out[arm] = run_cell(args, cache, key, lambda: fit(standard=True))
+        elif arm == "c_variations":
+            out[arm] = run_cell(args, cache, key, lambda: fit(standard=False, variations=var))
+        elif arm == "d_both":
+            out[arm] = run_cell(args, cache, key, lambda: fit(standard=True, variations=var))
+        else:  # the oracle: k (1 + M) real images per class, the k above included
+            extra = few_shot_subset(train_y, k * args.variations, seed=1000 * k + s, exclude=sub)
+            both = np.sort(np.concatenate([sub, extra]))
+            oracle = functools.partial(fit, train_x[both], train_y[both], standard=False)
+            out[arm] = run_cell(args, cache, key, oracle)
+    return out
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    v = np.asarray(values, np.float64)
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+        "n": int(len(v)),
+        "values": [float(x) for x in v],
+    }
+
+
+def table_and_plot(result: dict, out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from semantica_jax.utils import atomic_files
+
+    lines = [
+        f"Command: `{result['command']}`; CPU: {result['cpu']}; accuracy on the 10k "
+        "test split, mean ± std over subsets.",
+        "",
+        "| generator | k | " + " | ".join(ARMS) + " |",
+        "|---" * (len(ARMS) + 2) + "|",
+    ]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for gen, rows in result["main"].items():
+        for k, arms in rows.items():
+            cells = [f"{arms[a]['mean']:.4f} ± {arms[a]['std']:.4f}" for a in ARMS]
+            lines.append(f"| {gen} | {k} | " + " | ".join(cells) + " |")
+    label_free = next(iter(result["main"]))
+    ks = sorted(int(k) for k in result["main"][label_free])
+    for arm in ARMS:
+        means = [result["main"][label_free][str(k)][arm]["mean"] for k in ks]
+        stds = [result["main"][label_free][str(k)][arm]["std"] for k in ks]
+        ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label=arm)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled images per class k")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"few-shot MNIST, generator {label_free}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_files.save_figure(fig, os.path.join(out, "augmentation.png"), format="png")
+    if result.get("ablations"):
+        lines += [
+            "",
+            "Ablations at k = 10 (label-free generator), arm c / d:",
+            "",
+            "| setting | c_variations | d_both |",
+            "|---|---|---|",
+        ]
+        for name, arms in result["ablations"].items():
+            lines.append(
+                f"| {name} | {arms['c_variations']['mean']:.4f} ± "
+                f"{arms['c_variations']['std']:.4f} | {arms['d_both']['mean']:.4f} ± "
+                f"{arms['d_both']['std']:.4f} |"
+            )
+    atomic_files.write_text(os.path.join(out, "augmentation.md"), "\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import paper_claims  # the CPU model and git revision, as the claims report them
+
+    from semantica_jax import assets
+    from semantica_jax import workdir as run_dir
+    from semantica_jax.utils import atomic_files
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", required=True, help="label-free generator (main rows)")
+    p.add_argument("--label_workdir", default="", help="label-trained generator (marked row)")
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    p.add_argument("--k", default="1,5,10,50")
+    p.add_argument("--subsets", type=int, default=5)
+    p.add_argument("--variations", type=int, default=10)
+    p.add_argument("--steps", type=int, default=1000, help="classifier steps (every arm)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no_ablations", action="store_true")
+    p.add_argument("--quick", action="store_true", help="k=1, one subset, tiny budgets")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.quick:
+        args.k, args.subsets, args.variations, args.steps, args.no_ablations = "1", 1, 2, 20, True
+    ks = [int(k) for k in args.k.split(",")]
+    args.out = os.path.abspath(args.out)
+    os.makedirs(args.out, exist_ok=True)
+    config = run_dir.load_config(args.workdir)
+    train_x, train_y = assets.load_split(config, config.data.train_split)
+    test_x, test_y = assets.load_split(config, config.data.eval_split)
+    cache_path = os.path.join(args.out, "augmentation_runs.json")
+    cache = json.load(open(cache_path)) if os.path.isfile(cache_path) else {}
+    start = time.perf_counter()
+    generators = {f"label-free ({os.path.basename(os.path.normpath(args.workdir))})": args.workdir}
+    if args.label_workdir:
+        generators[
+            "LABEL-TRAINED, leaks 60k labels "
+            f"({os.path.basename(os.path.normpath(args.label_workdir))})"
+        ] = args.label_workdir
+    result: dict[str, Any] = {"main": {}, "ablations": {}}
+    for g, (gen_name, workdir) in enumerate(generators.items()):
+        arms = ARMS if g == 0 else ("c_variations", "d_both")
+        rows = {}
+        for k in ks:
+            cells = [
+                arms_for(
+                    args,
+                    cache,
+                    workdir,
+                    f"g{g}-",
+                    train_x,
+                    train_y,
+                    test_x,
+                    test_y,
+                    k,
+                    s,
+                    arms=arms,
+                )
+                for s in range(args.subsets)
+            ]
+            rows[str(k)] = {a: _stats([c[a] for c in cells]) for a in arms}
+        result["main"][gen_name] = rows
+    if not args.no_ablations:
+        for name, changes in ABLATIONS.items():
+            cells = [
+                arms_for(
+                    args,
+                    cache,
+                    args.workdir,
+                    "g0-",
+                    train_x,
+                    train_y,
+                    test_x,
+                    test_y,
+                    10,
+                    s,
+                    arms=("c_variations", "d_both"),
+                    **changes,
+                )
+                for s in range(args.subsets)
+            ]
+            result["ablations"][name] = {
+                a: _stats([c[a] for c in cells]) for a in ("c_variations", "d_both")
+            }
+    result.update(
+        k=ks,
+        subsets=args.subsets,
+        variations=args.variations,
+        classifier_steps=args.steps,
+        wall_seconds_this_call=round(time.perf_counter() - start, 1),
+        cpu=paper_claims.cpu_model(),
+        git_revision=paper_claims.git_revision(),
+        command="python benchmarks/augmentation.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+    )
+    atomic_files.write_json(os.path.join(args.out, "augmentation.json"), result)
+    table_and_plot(result, args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""benchmarks/augmentation.py --quick on a tiny trained workdir: every arm, resumable."""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import augmentation as benchmark  # noqa: E402
+
+
+def test_few_shot_subset_is_balanced_seeded_and_excludes():
+    labels = np.repeat(np.arange(10), 30)
+    a = benchmark.few_shot_subset(labels, 3, seed=1)
+    assert np.bincount(labels[a]).tolist() == [3] * 10
+    np.testing.assert_array_equal(a, benchmark.few_shot_subset(labels, 3, seed=1))
+    b = benchmark.few_shot_subset(labels, 20, seed=2, exclude=a)
+    assert not set(a) & set(b) and np.bincount(labels[b]).tolist() == [20] * 10
+
+
+def test_quick_benchmark_end_to_end(tool_workdir, tmp_path):
+    out = tmp_path / "results"
+    argv = [f"--workdir={tool_workdir}", f"--out={out}", "--quick"]
+    result = benchmark.main(argv)
+    row = next(iter(result["main"].values()))["1"]
+    assert set(row) == set(benchmark.ARMS)
+    for arm in benchmark.ARMS:
+        assert 0.0 <= row[arm]["mean"] <= 1.0 and row[arm]["n"] == 1
+    assert json.load(open(out / "augmentation.json"))["variations"] == 2
+    assert (out / "augmentation.png").stat().st_size > 1000
+    assert "a_real" in (out / "augmentation.md").read_text()
+    runs = json.load(open(out / "augmentation_runs.json"))
+    assert len(runs) == 5
+    again = benchmark.main(argv)  # every classifier run and every variation set is reused
+    assert next(iter(again["main"].values()))["1"] == row
