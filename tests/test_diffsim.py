@@ -258,3 +258,43 @@ def test_translated_copy_scores_higher_than_other_digit(dm, mnist_data_dir):
     assert np.all(unaligned < translated)
     small = diffsim.score(dm, a, np.roll(a, (1, 1), axis=(1, 2)), logsnr=lam)
     assert small.mean() > other.mean()
+
+
+@pytest.mark.parametrize("method", ["s", "o"])
+def test_indexed_scores_match_paired_features(dm, images, method):
+    feats = diffsim.features(dm, images, blocks=BLOCK, logsnr=1.0)[BLOCK]
+    ia, ib = np.array([0, 0, 2, 5, 3]), np.array([1, 4, 2, 0, 3])
+    got = diffsim.indexed_scores(feats, ia, ib, method)
+    fa, fb = (tuple(x[idx] for x in feats) for idx in (ia, ib))
+    combine = diffsim.attention_output_cosine if method == "o" else diffsim.diffsim_from_features
+    np.testing.assert_allclose(got, combine(fa, fb), atol=1e-5)
+    assert got[2] == 1.0 and got[4] == 1.0  # an image against itself: exactly 1
+
+
+def test_settings_and_options(dm, images):
+    a, b = images[:3], images[3:]
+    settings = diffsim.Settings(logsnr=(-1.0, 2.0), seed=5, method="o")
+    by_settings = diffsim.score(dm, a, b, settings)
+    np.testing.assert_array_equal(
+        by_settings, diffsim.score(dm, a, b, logsnr=(-1.0, 2.0), seed=5, method="o")
+    )
+    # Keyword options override the settings.
+    np.testing.assert_array_equal(
+        diffsim.score(dm, a, b, settings, method="s"),
+        diffsim.score(dm, a, b, logsnr=(-1.0, 2.0), seed=5),
+    )
+    np.testing.assert_allclose(np.diag(diffsim.matrix(dm, a, b, settings)), by_settings, atol=1e-5)
+    assert diffsim.check_settings(dm.model) == (BLOCK,)
+    assert diffsim.check_settings(dm, method="c", block=[BLOCK, BLOCK]) == (BLOCK, BLOCK)
+    with pytest.raises(ValueError, match="unknown block"):
+        diffsim.check_settings(dm, block="transformer_0/block_9")
+    with pytest.raises(TypeError):
+        diffsim.score(dm, a, b, blocks=BLOCK)  # `features` spells it blocks; score: block
+
+
+def test_float_input_range_is_image_ios(dm, images):
+    x = images[:2].astype(np.float32) / 127.5 - 1.0
+    overshoot = np.where(x >= 1.0, 1.3, np.where(x <= -1.0, -1.4, x))  # clipped back to x
+    np.testing.assert_array_equal(diffsim.score(dm, x, overshoot), 1.0)
+    with pytest.raises(ValueError, match="rescale"):
+        diffsim.score(dm, x * 127.5 + 127.5, x)  # 0..255 floats: a scale mistake

@@ -31,8 +31,9 @@ Noise: `noise='shared'` (default) uses one ε [H, W, C] per seed for every image
 identical images score exactly 1 and `matrix(q, g)[i, j] == score(q[i], g[j])`;
 `'independent'` draws ε per image (the reference's behaviour): image i of the first set
 uses fold_in(fold_in(key, 0), i), of the second set fold_in(fold_in(key, 1), i).
-`logsnr`, `block` and `seed` also take sequences: the score is then the mean over every
-(λ, seed, block).
+`score` and `matrix` take their options as a `Settings` (or as keyword arguments that
+override one); its `logsnr`, `block` and `seed` also take sequences: the score is then the
+mean over every (λ, seed, block).
 
 Default λ = 0 (α = σ): between the reference's NIGHTS (t = 501, λ ≈ -0.97 on SD1.5) and IP
 bench (t = 251, λ ≈ 0.72) settings; MNIST at 28² is trained without a resolution shift.
@@ -41,12 +42,14 @@ Example:
   dm = diffsim.from_workdir('workdirs/mnist')
   s = diffsim.score(dm, images_a, images_b)        # [N]
   m = diffsim.matrix(dm, queries, gallery)         # [N, M]
+  m = diffsim.matrix(dm, queries, gallery, diffsim.Settings(logsnr=2.0, method="c"))
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -58,6 +61,7 @@ import numpy as np
 
 from semantica_jax.diffusion import losses
 from semantica_jax.models import uvit
+from semantica_jax.utils import cosine, image_io
 
 Features = tuple[jax.Array, jax.Array, jax.Array]  # (q, k, v), each [N, heads, tokens, dim]
 EncodeFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -138,11 +142,14 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     return jnp.einsum("...nt,...td->...nd", jax.nn.softmax(logits, axis=-1), v)
 
 
-def _cosine(x: jax.Array, y: jax.Array) -> jax.Array:
-    """Cosine of the flattened examples: x, y [N, ...] -> [N]."""
+def _flat_cosine(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Cosine of the flattened examples, x, y [N, ...] -> [N]; exactly 1 where x_i == y_i.
+
+    The cosine of two unit vectors is 1 only up to float rounding; identical images under
+    shared noise have bitwise identical attention outputs, and score exactly 1.
+    """
     x, y = x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
-    dot = jnp.sum(x * y, axis=-1)
-    return dot / jnp.sqrt(jnp.maximum(jnp.sum(x * x, -1) * jnp.sum(y * y, -1), 1e-30))
+    return jnp.where(jnp.all(x == y, axis=-1), 1.0, cosine.rowwise_cosine(x, y))
 
 
 def aas(q_a: jax.Array, k_a: jax.Array, v_a: jax.Array, k_b: jax.Array, v_b: jax.Array):
@@ -154,7 +161,7 @@ def aas(q_a: jax.Array, k_a: jax.Array, v_a: jax.Array, k_b: jax.Array, v_b: jax
     Returns:
       [N] float32.
     """
-    return _cosine(attention(q_a, k_b, v_b), attention(q_a, k_a, v_a))
+    return _flat_cosine(attention(q_a, k_b, v_b), attention(q_a, k_a, v_a))
 
 
 def diffsim_from_features(features_a: Features, features_b: Features) -> jax.Array:
@@ -165,7 +172,7 @@ def diffsim_from_features(features_a: Features, features_b: Features) -> jax.Arr
 
 def attention_output_cosine(features_a: Features, features_b: Features) -> jax.Array:
     """cos(vec Attn(Q_A, K_A, V_A), vec Attn(Q_B, K_B, V_B)): features without alignment, [N]."""
-    return _cosine(attention(*features_a), attention(*features_b))
+    return _flat_cosine(attention(*features_a), attention(*features_b))
 
 
 def encoder_token_aas(tokens_a: jax.Array, tokens_b: jax.Array) -> jax.Array:
@@ -181,6 +188,29 @@ def encoder_token_aas(tokens_a: jax.Array, tokens_b: jax.Array) -> jax.Array:
     return diffsim_from_features(tuple(fa), tuple(fb))
 
 
+@functools.partial(jax.jit, static_argnames=("kind",))
+def indexed_scores(
+    features_set: Features, index_a: jax.Array, index_b: jax.Array, kind: str = "s"
+) -> jax.Array:
+    """Scores of pairs (a_p, b_p) = (index_a[p], index_b[p]) of one feature set: [P].
+
+    Each image's own Attn(Q, K, V) is computed once, however many pairs it is in: the
+    benchmark's way of scoring many triplets from features computed once per image.
+
+    Args:
+      features_set: (q, k, v) of N images (see `features`).
+      index_a, index_b: int [P] rows of the pairs.
+      kind: 's' / 'c' (DiffSim) or 'o' (`attention_output_cosine`).
+    """
+    q, k, v = (jnp.asarray(x, jnp.float32) for x in features_set)
+    own = attention(q, k, v)
+    if kind == "o":
+        return _flat_cosine(own[index_a], own[index_b])
+    ab = _flat_cosine(attention(q[index_a], k[index_b], v[index_b]), own[index_a])
+    ba = _flat_cosine(attention(q[index_b], k[index_a], v[index_a]), own[index_b])
+    return 0.5 * (ab + ba)
+
+
 def _combine(kind: str, features_a: Features, features_b: Features) -> jax.Array:
     if kind == "o":
         return attention_output_cosine(features_a, features_b)
@@ -194,10 +224,9 @@ def _aas_cross(q_a: jax.Array, own_a: jax.Array, k_b: jax.Array, v_b: jax.Array)
     """
     logits = jnp.einsum("ahnd,bhtd->abhnt", q_a, k_b) / math.sqrt(q_a.shape[-1])
     retrieved = jnp.einsum("abhnt,bhtd->abhnd", jax.nn.softmax(logits, axis=-1), v_b)
-    dot = jnp.einsum("abhnd,ahnd->ab", retrieved, own_a)
-    r2 = jnp.sum(retrieved**2, axis=(2, 3, 4))
-    o2 = jnp.sum(own_a**2, axis=(1, 2, 3))
-    return dot / jnp.sqrt(jnp.maximum(r2 * o2[:, None], 1e-30))
+    unit_retrieved = cosine.l2_normalize(retrieved.reshape(*retrieved.shape[:2], -1))
+    unit_own = cosine.l2_normalize(own_a.reshape(own_a.shape[0], -1))
+    return jnp.einsum("abk,ak->ab", unit_retrieved, unit_own)
 
 
 @functools.partial(jax.jit, static_argnames=("kind",))
@@ -207,10 +236,8 @@ def _pair_block(features_a: Features, features_b: Features, kind: str) -> jax.Ar
     fb = tuple(jnp.asarray(x, jnp.float32) for x in features_b)
     own_a, own_b = attention(*fa), attention(*fb)
     if kind == "o":
-        a = own_a.reshape(own_a.shape[0], -1)
-        b = own_b.reshape(own_b.shape[0], -1)
-        a = a / jnp.linalg.norm(a, axis=-1, keepdims=True)
-        b = b / jnp.linalg.norm(b, axis=-1, keepdims=True)
+        a = cosine.l2_normalize(own_a.reshape(own_a.shape[0], -1))
+        b = cosine.l2_normalize(own_b.reshape(own_b.shape[0], -1))
         return a @ b.T
     ab = _aas_cross(fa[0], own_a, fb[1], fb[2])
     ba = _aas_cross(fb[0], own_b, fa[1], fa[2])
@@ -277,25 +304,15 @@ def _cross_features(intermediates: Any) -> dict[str, Features]:
     return out
 
 
-def _capture(
-    model: uvit.UViT,
-    params: Any,
-    z_t: jax.Array,
-    logsnr: jax.Array,
-    cond_tokens: jax.Array | None,
-    cond_cls: jax.Array | None,
-    drop_cond: jax.Array,
-    cross: bool,
-) -> dict[str, Features]:
-    """One eval forward; self-attention (cross=False) or cross-attention Q/K/V by block."""
+def _capture(model: uvit.UViT, params: Any, inputs: tuple, cross: bool) -> dict[str, Features]:
+    """One eval forward; self-attention (cross=False) or cross-attention Q/K/V by block.
+
+    inputs: the model's positional inputs (z_t, logsnr, cond_tokens, cond_cls, drop_cond).
+    """
     capture = dict(capture_intermediates=_is_cross_projection) if cross else {}
     _, state = model.apply(
         {"params": params},
-        z_t,
-        logsnr,
-        cond_tokens,
-        cond_cls,
-        drop_cond,
+        *inputs,
         train=False,
         capture_attention=not cross,
         mutable=["intermediates"],
@@ -415,7 +432,7 @@ def _batch_features(params, x, index, key, logsnr, cond, *, model, blocks, metho
     else:
         tokens, cls = _null_condition(model, params, b)
         drop = jnp.ones((b,), bool)
-    feats = _capture(model, params, z_t, lam, tokens, cls, drop, cross)
+    feats = _capture(model, params, (z_t, lam, tokens, cls, drop), cross)
     return {name: feats[name] for name in blocks}
 
 
@@ -437,23 +454,19 @@ def _pair_scores(
 # --- inputs ------------------------------------------------------------------------------
 
 
-def _to_model_range(dm: DiffSimModel, images: Any, name: str) -> np.ndarray:
-    """uint8 [N, H, W, C] or float in [-1, 1] -> float32 [N, H, W, C] in [-1, 1]."""
+def _model_input(dm: DiffSimModel, images: Any, name: str) -> np.ndarray:
+    """uint8 [N, H, W, C] or float in [-1, 1] -> float32 [N, H, W, C] in [-1, 1].
+
+    The range conversion and its checks are `image_io.as_model_input`'s; here only the
+    shape the decoder needs is checked.
+    """
     images = np.asarray(images)
     want = (dm.image_size, dm.image_size, dm.channels)
     if images.ndim != 4 or images.shape[1:] != want or not len(images):
         raise ValueError(
             f"{name} must be [N>0, {want[0]}, {want[1]}, {want[2]}], got {images.shape}"
         )
-    if images.dtype == np.uint8:
-        return images.astype(np.float32) / 127.5 - 1.0
-    images = images.astype(np.float32)
-    if images.min() < -1.0 - 1e-3 or images.max() > 1.0 + 1e-3:
-        raise ValueError(
-            f"float {name} must be in [-1, 1], got [{images.min():.3g}, {images.max():.3g}]; "
-            "pass uint8 or rescale with x / 127.5 - 1"
-        )
-    return np.clip(images, -1.0, 1.0)
+    return image_io.as_model_input(images)
 
 
 def _as_tuple(value: Any, name: str) -> tuple:
@@ -499,6 +512,73 @@ def _slice(cond: tuple | None, start: int, size: int) -> tuple | None:
     return tuple(_pad_rows(jnp.asarray(c[start : start + size]), size) for c in cond)
 
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The options of `score` and `matrix`; they average over every (λ, seed, block).
+
+    Attributes:
+      logsnr: λ or several.
+      block: a block name, several, or None (`DEFAULT_BLOCK`, else the last block usable
+        by `method`); see `block_names` / `cross_block_names`.
+      noise: 'shared' or 'independent' (see the module docstring).
+      seed: noise seed or several.
+      batch_size: images per forward (`score`: pairs per jitted call, 2x the images).
+      method: 's' (DiffSim-S), 'c' (DiffSim-C analogue) or 'o' (output cosine).
+    """
+
+    logsnr: float | Sequence[float] = DEFAULT_LOGSNR
+    block: str | Sequence[str] | None = DEFAULT_BLOCK
+    noise: str = "shared"
+    seed: int | Sequence[int] = 0
+    batch_size: int = 64
+    method: str = "s"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Settings checked against one decoder, every option as a tuple."""
+
+    logsnrs: tuple[float, ...]
+    seeds: tuple[int, ...]
+    blocks: tuple[str, ...]
+    noise: str
+    batch_size: int
+    method: str
+
+    def grid(self) -> list[tuple[float, int]]:
+        """Every (λ, seed) the score is averaged over."""
+        return list(itertools.product(self.logsnrs, self.seeds))
+
+
+def _plan(model: uvit.UViT, settings: Settings | None, options: dict[str, Any]) -> _Plan:
+    """`settings` with `options` (Settings field names) applied, validated for `model`."""
+    s = dataclasses.replace(settings or Settings(), **options)
+    _check_options(s.noise, s.batch_size)
+    seeds = tuple(int(v) for v in _as_tuple(s.seed, "seed"))
+    blocks = _resolve_blocks(model, s.block, s.method)
+    return _Plan(_logsnrs(s.logsnr), seeds, blocks, s.noise, int(s.batch_size), s.method)
+
+
+def check_settings(
+    model: DiffSimModel | uvit.UViT, settings: Settings | None = None, **options: Any
+) -> tuple[str, ...]:
+    """Checks settings against a decoder's architecture (no parameters needed).
+
+    Returns:
+      The block names a score under these settings averages over.
+
+    Raises:
+      ValueError: what `score` / `matrix` would raise for these settings.
+    """
+    return _plan(_unwrap(model), settings, options).blocks
+
+
+def _log_rate(log: Callable[[str], None] | None, what: str, pairs: int, since: float) -> None:
+    if log:
+        elapsed = max(time.perf_counter() - since, 1e-9)
+        log(f"{what} in {elapsed:.1f}s ({pairs / elapsed:.1f} pairs/s)")
+
+
 # --- public API --------------------------------------------------------------------------
 
 
@@ -536,7 +616,7 @@ def features(
       the number of encoder tokens.
     """
     dm = _as_model(model)
-    x = _to_model_range(dm, images, "images")
+    x = _model_input(dm, images, "images")
     lam = _logsnrs(logsnr)
     if len(lam) != 1:
         raise ValueError("features takes one logsnr; call it once per noise level")
@@ -563,87 +643,58 @@ def score(
     model: DiffSimModel | str,
     images_a: Any,
     images_b: Any,
+    settings: Settings | None = None,
     *,
-    logsnr: float | Sequence[float] = DEFAULT_LOGSNR,
-    block: str | Sequence[str] | None = None,
-    noise: str = "shared",
-    seed: int | Sequence[int] = 0,
-    batch_size: int = 64,
-    method: str = "s",
     log: Callable[[str], None] | None = None,
+    **options: Any,
 ) -> np.ndarray:
-    """DiffSim of paired images, averaged over every (λ, seed, block) given.
+    """DiffSim of paired images, averaged over every (λ, seed, block) of the settings.
 
     Args:
       model: a DiffSimModel or a workdir path.
       images_a, images_b: uint8 [N, H, W, C] or float in [-1, 1]; pair i is (a_i, b_i).
-      logsnr: λ or several.
-      block: a block name, several, or None (`DEFAULT_BLOCK`, else the last block usable
-        by `method`); see `block_names` / `cross_block_names`.
-      noise: 'shared' or 'independent' (see the module docstring).
-      seed: noise seed or several.
-      batch_size: pairs per jitted call (2 * batch_size images per forward).
-      method: 's' (DiffSim-S), 'c' (DiffSim-C analogue) or 'o' (output cosine).
+      settings: the options (default `Settings()`).
       log: optional `log(str)` for a throughput line.
+      **options: `Settings` fields (logsnr, block, noise, seed, batch_size, method) that
+        override `settings`.
 
     Returns:
       [N] float32 in [-1, 1]; 1 for identical images under shared noise.
     """
     dm = _as_model(model)
-    xa = _to_model_range(dm, images_a, "images_a")
-    xb = _to_model_range(dm, images_b, "images_b")
+    xa = _model_input(dm, images_a, "images_a")
+    xb = _model_input(dm, images_b, "images_b")
     if len(xa) != len(xb):
         raise ValueError(f"images_a ({len(xa)}) and images_b ({len(xb)}) must pair up")
-    lams, seeds = _logsnrs(logsnr), tuple(int(s) for s in _as_tuple(seed, "seed"))
-    _check_options(noise, batch_size)
-    names = _resolve_blocks(dm.model, block, method)
-    cond_a, cond_b = _condition(dm, xa, method), _condition(dm, xb, method)
-    n, batch = len(xa), min(batch_size, len(xa))
+    plan = _plan(dm.model, settings, options)
+    cond_a, cond_b = _condition(dm, xa, plan.method), _condition(dm, xb, plan.method)
+    static = dict(model=dm.model, blocks=plan.blocks, method=plan.method, noise=plan.noise)
+    n, batch = len(xa), min(plan.batch_size, len(xa))
     start_time = time.perf_counter()
     total = np.zeros((n,), np.float64)
-    for lam in lams:
-        for s in seeds:
-            key = jax.random.key(s)
-            for start in range(0, n, batch):
-                out = _pair_scores(
-                    dm.params,
-                    _pad_rows(jnp.asarray(xa[start : start + batch]), batch),
-                    _pad_rows(jnp.asarray(xb[start : start + batch]), batch),
-                    jnp.arange(start, start + batch),
-                    key,
-                    lam,
-                    _slice(cond_a, start, batch),
-                    _slice(cond_b, start, batch),
-                    model=dm.model,
-                    blocks=names,
-                    method=method,
-                    noise=noise,
-                )
-                valid = min(batch, n - start)
-                total[start : start + valid] += np.asarray(out).mean(0)[:valid]
-    if log:
-        elapsed = time.perf_counter() - start_time
-        settings = len(lams) * len(seeds)
-        log(
-            f"diffsim: {n} pairs x {settings} settings in {elapsed:.1f}s "
-            f"({n * settings / elapsed:.1f} pairs/s)"
-        )
-    return (total / (len(lams) * len(seeds))).astype(np.float32)
+    for lam, seed in plan.grid():
+        key = jax.random.key(seed)
+        for start in range(0, n, batch):
+            rows = [_pad_rows(jnp.asarray(x[start : start + batch]), batch) for x in (xa, xb)]
+            conds = [_slice(c, start, batch) for c in (cond_a, cond_b)]
+            index = jnp.arange(start, start + batch)
+            out = _pair_scores(dm.params, *rows, index, key, lam, *conds, **static)
+            valid = min(batch, n - start)
+            total[start : start + valid] += np.asarray(out).mean(0)[:valid]
+    count = len(plan.grid())
+    _log_rate(log, f"diffsim: {n} pairs x {count} settings", n * count, start_time)
+    return (total / count).astype(np.float32)
 
 
 def matrix(
     model: DiffSimModel | str,
     queries: Any,
     gallery: Any | None = None,
+    settings: Settings | None = None,
     *,
-    logsnr: float | Sequence[float] = DEFAULT_LOGSNR,
-    block: str | Sequence[str] | None = None,
-    noise: str = "shared",
-    seed: int | Sequence[int] = 0,
-    batch_size: int = 64,
-    method: str = "s",
     chunk: int = 32,
     log: Callable[[str], None] | None = None,
+    **options: Any,
 ) -> np.ndarray:
     """DiffSim of every (query, gallery) pair; each image's Q, K, V is computed once.
 
@@ -655,40 +706,29 @@ def matrix(
       model: a DiffSimModel or a workdir path.
       queries: uint8 [N, H, W, C] or float in [-1, 1].
       gallery: [M, H, W, C] likewise; None = the queries themselves (one feature pass).
-      logsnr, block, noise, seed, batch_size, method, log: as in `score`.
+      settings, log, **options: as in `score`.
       chunk: tile side of the all-pairs contraction (`pairwise_matrix`).
 
     Returns:
       [N, M] float32.
     """
     dm = _as_model(model)
-    xq = _to_model_range(dm, queries, "queries")
-    xg = None if gallery is None else _to_model_range(dm, gallery, "gallery")
-    lams, seeds = _logsnrs(logsnr), tuple(int(s) for s in _as_tuple(seed, "seed"))
-    _check_options(noise, batch_size)
-    names = _resolve_blocks(dm.model, block, method)
-    cond_q = _condition(dm, xq, method)
-    cond_g = cond_q if xg is None else _condition(dm, xg, method)
+    xq = _model_input(dm, queries, "queries")
+    xg = xq if gallery is None else _model_input(dm, gallery, "gallery")
+    plan = _plan(dm.model, settings, options)
+    cond_q = _condition(dm, xq, plan.method)
+    cond_g = cond_q if gallery is None else _condition(dm, xg, plan.method)
+    reuse = gallery is None and plan.noise == "shared"  # the queries' features serve twice
+    opts = dict(blocks=plan.blocks, noise=plan.noise, method=plan.method)
+    opts.update(batch_size=plan.batch_size)
     start_time = time.perf_counter()
-    m = len(xq) if xg is None else len(xg)
-    total = np.zeros((len(xq), m), np.float64)
-    opts = dict(blocks=names, noise=noise, method=method, batch_size=batch_size)
-    for lam in lams:
-        for s in seeds:
-            fq = features(dm, xq, logsnr=lam, seed=s, cond=cond_q, stream=0, **opts)
-            if xg is None and noise == "shared":
-                fg = fq
-            else:
-                fg = features(
-                    dm, xq if xg is None else xg, logsnr=lam, seed=s, cond=cond_g, stream=1, **opts
-                )
-            for name in names:
-                total += pairwise_matrix(fq[name], fg[name], kind=method, chunk=chunk)
-    if log:
-        elapsed = time.perf_counter() - start_time
-        pairs = total.size * len(lams) * len(seeds) * len(names)
-        log(
-            f"diffsim matrix: {total.shape[0]}x{m} x {len(lams) * len(seeds)} settings x "
-            f"{len(names)} blocks in {elapsed:.1f}s ({pairs / elapsed:.0f} pairs/s)"
-        )
-    return (total / (len(lams) * len(seeds) * len(names))).astype(np.float32)
+    total = np.zeros((len(xq), len(xg)), np.float64)
+    for lam, seed in plan.grid():
+        fq = features(dm, xq, logsnr=lam, seed=seed, cond=cond_q, stream=0, **opts)
+        fg = fq if reuse else features(dm, xg, logsnr=lam, seed=seed, cond=cond_g, stream=1, **opts)
+        for name in plan.blocks:
+            total += pairwise_matrix(fq[name], fg[name], kind=plan.method, chunk=chunk)
+    count = len(plan.grid()) * len(plan.blocks)
+    what = f"diffsim matrix: {total.shape[0]}x{total.shape[1]} x {len(plan.grid())} settings"
+    _log_rate(log, f"{what} x {len(plan.blocks)} blocks", total.size * count, start_time)
+    return (total / count).astype(np.float32)
