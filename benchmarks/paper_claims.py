@@ -438,7 +438,8 @@ def measure_arm(claim: Claim, arm: Arm, args) -> list[dict[str, Any]]:
             )
             guidance = float(config.sampler.guidance if arm.guidance is None else arm.guidance)
             classes = "".join(map(str, arm.eval_classes))
-            key = f"{run_key(config)}-step{step}-n{args.num}-w{guidance:g}-c{classes}"
+            # v2: FID intervals debiased (metrics/bootstrap.fid_interval).
+            key = f"{run_key(config)}-step{step}-n{args.num}-w{guidance:g}-c{classes}-v2"
             key += "-copies" if arm.copies else ""
             path = os.path.join(args.out, "measurements", f"{key}.json")
             if os.path.isfile(path):

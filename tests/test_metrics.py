@@ -341,4 +341,4 @@ def test_precision_recall_intervals_match_the_point_estimates():
     assert got["recall"]["value"] == pytest.approx(want[1])
     got_fid = bootstrap.fid_interval(real, fake, num_resamples=20)
     assert got_fid["value"] == pytest.approx(fid.frechet_distance(real, fake))
-    assert got_fid["low"] <= got_fid["high"]
+    assert got_fid["low"] <= got_fid["value"] <= got_fid["high"] and got_fid["bias"] > 0

@@ -20,8 +20,13 @@ def bootstrap_interval(
     num_resamples: int = 200,
     level: float = 0.95,
     seed: int = 0,
+    debias: bool = False,
 ) -> dict[str, Any]:
     """The statistic with its percentile bootstrap interval.
+
+    With `debias`, the interval is shifted by the bootstrap bias estimate (mean of the
+    replicates minus the statistic), for statistics that resampling with replacement
+    biases, such as FID (repeated rows shrink the effective sample and inflate it).
 
     Args:
       statistic: f(*samples) -> float.
@@ -51,10 +56,13 @@ def bootstrap_interval(
         replicates[b] = float(statistic(*drawn))
     tail = 100.0 * (1.0 - level) / 2.0
     low, high = np.percentile(replicates, [tail, 100.0 - tail])
+    value = float(statistic(*samples))
+    bias = float(np.mean(replicates)) - value if debias else 0.0
     return {
-        "value": float(statistic(*samples)),
-        "low": float(low),
-        "high": float(high),
+        "value": value,
+        "low": float(low - bias),
+        "high": float(high - bias),
+        "bias": bias,
         "level": float(level),
         "num_resamples": int(num_resamples),
         "n": [int(len(s)) for s in samples],
@@ -78,12 +86,13 @@ def mean_interval(values: np.ndarray, **kwargs: Any) -> dict[str, Any]:
 def fid_interval(real: np.ndarray, fake: np.ndarray, **kwargs: Any) -> dict[str, Any]:
     """FID of fake [M,F] against real [N,F] features; both sets resampled.
 
-    Resampling with replacement repeats rows, which biases each replicate's FID upward a
-    little; the interval is for comparing arms measured the same way.
+    Resampling with replacement repeats rows, which inflates every replicate's FID (by
+    ~15 at N = 500 on MNIST); the interval is shifted back by that bootstrap bias
+    estimate (`debias`), so it brackets the measured FID with the bootstrap's spread.
     """
     from semantica_jax.metrics.fid import frechet_distance
 
-    return bootstrap_interval(frechet_distance, real, fake, **kwargs)
+    return bootstrap_interval(frechet_distance, real, fake, debias=True, **kwargs)
 
 
 def precision_recall_intervals(
