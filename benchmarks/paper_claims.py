@@ -37,6 +37,8 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -529,7 +531,7 @@ def judge(claim: Claim, records: list[dict[str, Any]], seeds: int) -> tuple[list
 
 
 def plot(claim: Claim, records: list[dict[str, Any]], path: str) -> None:
-    """The claim's plot metric per arm (and per step for learning curves), 95% intervals."""
+    """Every compared metric per arm (per step for learning curves), 95% intervals."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -537,34 +539,39 @@ def plot(claim: Claim, records: list[dict[str, Any]], path: str) -> None:
 
     from semantica_jax.utils import atomic_files
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    metrics = list(dict.fromkeys([claim.plot_metric, *(c.metric for c in claim.comparisons)]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), dpi=100)
     curves = any(len(a.at_fractions) > 1 for a in claim.arms)
-    for i, arm in enumerate(claim.arms):
-        mine = sorted((r for r in records if r["arm"] == arm.name), key=lambda r: r["step"])
-        values = [metric_of(r, claim.plot_metric) for r in mine]
-        xs = [r["step"] for r in mine] if curves else [i + 0.1 * r["seed"] for r in mine]
-        err = [[v["value"] - v["low"] for v in values], [v["high"] - v["value"] for v in values]]
-        ax.errorbar(
-            xs,
-            [v["value"] for v in values],
-            yerr=err,
-            fmt="o-" if curves else "o",
-            capsize=3,
-            label=arm.name,
-        )
-    if not curves:
-        ax.set_xticks(
-            range(len(claim.arms)),
-            [a.name for a in claim.arms],
-            rotation=20,
-            ha="right",
-            fontsize=8,
-        )
-    else:
-        ax.set_xlabel("decoder step")
-    ax.set_ylabel(f"{claim.plot_metric} (95% bootstrap interval)")
-    ax.set_title(f"{claim.name}: {claim.source}", fontsize=9)
-    ax.legend(fontsize=7)
+    for ax, metric in zip(np.atleast_1d(axes), metrics, strict=True):
+        for i, arm in enumerate(claim.arms):
+            mine = sorted((r for r in records if r["arm"] == arm.name), key=lambda r: r["step"])
+            values = [metric_of(r, metric) for r in mine]
+            xs = [r["step"] for r in mine] if curves else [i + 0.1 * r["seed"] for r in mine]
+            err = [
+                [v["value"] - v["low"] for v in values],
+                [v["high"] - v["value"] for v in values],
+            ]
+            ax.errorbar(
+                xs,
+                [v["value"] for v in values],
+                yerr=err,
+                fmt="o-" if curves else "o",
+                capsize=3,
+                label=arm.name,
+            )
+        if curves:
+            ax.set_xlabel("decoder step")
+        else:
+            ax.set_xticks(
+                range(len(claim.arms)),
+                [a.name for a in claim.arms],
+                rotation=20,
+                ha="right",
+                fontsize=8,
+            )
+        ax.set_ylabel(f"{metric} (95% bootstrap interval)")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{claim.name}: {claim.source}", fontsize=9)
     fig.tight_layout()
     atomic_files.save_figure(fig, path, format="png")
 
@@ -589,14 +596,18 @@ def git_revision() -> str:
 
 
 def cpu_model() -> str:
+    """'AMD EPYC (family 26, model 2)': the model name alone does not tell Zen 4 (family
+    25) from Zen 5 (family 26) on these machines."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    name = fields.get("model name", platform.machine())
+    return f"{name} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
 
 
 def _fmt(v: dict[str, Any]) -> str:
