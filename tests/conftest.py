@@ -278,3 +278,23 @@ def main_args():
 def run_main():
     """run_main(workdir, cache, *overrides, devices=1, check=True) -> CompletedProcess."""
     return _run_main
+
+
+def _two_class_images(n: int, seed: int, size: int = 12):
+    """uint8 [n,size,size,1]: class 0 has a bright left half, class 1 a bright right half."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, size=n).astype(np.int32)
+    images = rng.integers(0, 60, size=(n, size, size, 1))
+    half = size // 2
+    for i, label in enumerate(labels):
+        cols = slice(0, half) if label == 0 else slice(half, size)
+        images[i, :, cols] += 150
+    return images.astype(np.uint8), labels
+
+
+@pytest.fixture(scope="session")
+def two_class_images():
+    """two_class_images(n, seed, size=12) -> (uint8 [n,size,size,1], int32 [n]), separable."""
+    return _two_class_images

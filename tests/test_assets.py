@@ -56,24 +56,12 @@ def test_embedding_cache_from_config(
     assert encode_calls == []
 
 
-def _two_class_images(n: int, seed: int, size: int = 12) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 [n,size,size,1]: class 0 has a bright left half, class 1 a bright right half."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, size=n).astype(np.int32)
-    images = rng.integers(0, 60, size=(n, size, size, 1))
-    half = size // 2
-    for i, label in enumerate(labels):
-        cols = slice(0, half) if label == 0 else slice(half, size)
-        images[i, :, cols] += 150
-    return images.astype(np.uint8), labels
-
-
-def test_feature_net_trains_once_then_reuses(tmp_path, monkeypatch):
+def test_feature_net_trains_once_then_reuses(tmp_path, monkeypatch, two_class_images):
     calls = []
 
     def load_split(dataset, split, data_dir, image_size, channels, max_examples=0):
         calls.append((dataset, split, data_dir))
-        images, labels = _two_class_images(96, seed=0 if split == "train" else 1, size=28)
+        images, labels = two_class_images(96, seed=0 if split == "train" else 1, size=28)
         return images, labels
 
     monkeypatch.setattr(
@@ -96,7 +84,7 @@ def test_feature_net_trains_once_then_reuses(tmp_path, monkeypatch):
     assert cached.path == trained.path and cached.settings == settings
     assert cached.test_accuracy == trained.test_accuracy
     jax.tree.map(np.testing.assert_array_equal, cached.params, trained.params)
-    images, _ = _two_class_images(5, seed=3, size=28)
+    images, _ = two_class_images(5, seed=3, size=28)
     np.testing.assert_array_equal(
         features.feature_fn(cached)(images), features.feature_fn(trained)(images)
     )

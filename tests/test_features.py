@@ -20,25 +20,13 @@ TINY = features.FeatureNetSettings(
 )
 
 
-def _two_class_images(n: int, seed: int, size: int = 12) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 [n,size,size,1]: class 0 has a bright left half, class 1 a bright right half."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, size=n).astype(np.int32)
-    images = rng.integers(0, 60, size=(n, size, size, 1))
-    half = size // 2
-    for i, label in enumerate(labels):
-        cols = slice(0, half) if label == 0 else slice(half, size)
-        images[i, :, cols] += 150
-    return images.astype(np.uint8), labels
-
-
 def _bundle(params, settings=TINY) -> features.FeatureNetBundle:
     return features.FeatureNetBundle(params, features.build_model(settings), "", settings, 0.0)
 
 
-def test_training_improves_accuracy():
-    images, labels = _two_class_images(256, seed=0)
-    test_images, test_labels = _two_class_images(128, seed=1)
+def test_training_improves_accuracy(two_class_images):
+    images, labels = two_class_images(256, seed=0)
+    test_images, test_labels = two_class_images(128, seed=1)
     state = features.create_train_state(TINY, images.shape[1:], jax.random.key(TINY.seed))
     before = features.accuracy(_bundle(state.params), test_images, test_labels)
     trained = features.train_and_score(images, labels, test_images, test_labels, TINY)
@@ -48,8 +36,8 @@ def test_training_improves_accuracy():
     assert np.all(feats >= 0.0)  # post-ReLU penultimate layer
 
 
-def test_feature_fn_batching_and_input_ranges():
-    images, _ = _two_class_images(10, seed=2)
+def test_feature_fn_batching_and_input_ranges(two_class_images):
+    images, _ = two_class_images(10, seed=2)
     state = features.create_train_state(TINY, images.shape[1:], jax.random.key(0))
     bundle = _bundle(state.params)
     as_float = images.astype(np.float32) / 127.5 - 1.0
@@ -81,12 +69,12 @@ def test_random_shift():
     assert len(set(zip(rows.tolist(), cols.tolist(), strict=True))) > 10  # offsets actually vary
 
 
-def test_settings_validation():
+def test_settings_validation(two_class_images):
     with pytest.raises(ValueError, match="128"):
         features.FeatureNetSettings(embed_dim=256)
     with pytest.raises(ValueError, match="feature_net_steps"):
         features.FeatureNetSettings(num_steps=0)
     with pytest.raises(ValueError, match="labels span"):
         features.train_feature_net(
-            *_two_class_images(8, 0), features.FeatureNetSettings(num_classes=1)
+            *two_class_images(8, 0), features.FeatureNetSettings(num_classes=1)
         )
