@@ -272,9 +272,11 @@ def training_loop(config, workdir: str, stack: contextlib.ExitStack):
         keep=int(config.train.keep_checkpoints),
     )
     start_step = 0
-    if ckpt.latest_step() is not None:
-        state, data_state = ckpt.restore(ckpt.latest_step(), abstract_state)
-        pipe.restore(data_state)
+    restored = ckpt.restore_latest_good(
+        abstract_state, lambda state, data: _check_restored(state, data, pipe)
+    )
+    if restored is not None:
+        state, _, _ = restored
         start_step = int(jax.device_get(state.step))
         logging.info("resumed from %s at step %d", ckpt.directory, start_step)
     elif jax.process_index() == 0:
@@ -358,6 +360,27 @@ def training_loop(config, workdir: str, stack: contextlib.ExitStack):
     if jax.process_index() == 0:
         atomic_files.write_json(summary_path, summary, default=str)
     return state, summary
+
+
+def _check_restored(state: TrainState, data_state: dict, pipe) -> None:
+    """Rejects a restored checkpoint that cannot be what this run saved.
+
+    Its values must be finite (a non-finite state is never saved, so one read back is
+    damage), and the pipeline position must be valid for this pipeline and agree with the
+    state's step (every step consumes one batch), which moves the pipeline there.
+    """
+    finite = jax.tree.map(
+        lambda x: bool(jnp.all(jnp.isfinite(x))), (state.params, state.ema_params)
+    )
+    if not all(jax.tree.leaves(finite)):
+        raise ValueError("non-finite parameter values")
+    pipe.restore(data_state)
+    consumed = int(data_state["epoch"]) * pipe.steps_per_epoch + int(data_state["step"])
+    if consumed != int(jax.device_get(state.step)):
+        raise ValueError(
+            f"pipeline position {consumed} does not match the state's step "
+            f"{int(jax.device_get(state.step))}"
+        )
 
 
 def _raise_if_not_finite(pending: list[tuple[int, dict[str, jax.Array]]]) -> None:

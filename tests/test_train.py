@@ -331,3 +331,47 @@ def test_a_run_that_fails_its_checks_writes_nothing(session_cache, tmp_path):
     with pytest.raises(ValueError, match="no pair survived filtering"):
         train.train_and_evaluate(config, str(workdir))
     assert not workdir.exists()
+
+
+def _corrupt(step_dir, kind):
+    """Damages one saved step: truncated array files, or garbage in the data item's JSON."""
+    if kind == "truncated arrays":
+        for path in glob.glob(f"{step_dir}/state/d/*"):
+            with open(path, "r+b") as f:
+                f.truncate(max(1, os.path.getsize(path) // 3))
+    else:
+        for path in glob.glob(f"{step_dir}/data/*"):
+            if os.path.isfile(path) and not path.endswith("commit_success.txt"):
+                with open(path, "w") as f:
+                    f.write("{not json")
+
+
+@pytest.mark.parametrize("kind", ["truncated arrays", "garbage data json"])
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(
+    kind, tiny_run, session_cache, tmp_path, run_main
+):
+    import shutil
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(tiny_run, workdir)
+    os.remove(os.path.join(workdir, "summary.json"))
+    _corrupt(os.path.join(workdir, "checkpoints", "6"), kind)
+    proc = run_main(workdir, session_cache)
+    assert "checkpoint step 6" in proc.stderr and "unusable" in proc.stderr
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "corrupt-6"))
+    assert json.load(open(os.path.join(workdir, "summary.json")))["start_step"] == 3
+    _assert_same_run(tiny_run, workdir)  # resumed from step 3 to the same step-6 result
+
+
+def test_no_usable_checkpoint_left_is_one_error_line(tiny_run, session_cache, tmp_path, run_main):
+    import shutil
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(tiny_run, workdir)
+    os.remove(os.path.join(workdir, "summary.json"))
+    for step in ("3", "6"):
+        _corrupt(os.path.join(workdir, "checkpoints", step), "garbage data json")
+    proc = run_main(workdir, session_cache, check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "no usable checkpoint" in errors[0]
+    assert "Traceback" not in proc.stderr

@@ -11,11 +11,13 @@ final path does not exist) and which the next save of the same path deletes befo
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
 
@@ -160,6 +162,50 @@ class Checkpointer:
             ),
         )
         return restored[_STATE], dict(restored[_DATA])
+
+    def restore_latest_good(
+        self, abstract_state: Any, validate: Callable[[Any, dict[str, Any]], None] | None = None
+    ) -> tuple[Any, dict[str, Any], int] | None:
+        """Restores the newest step that reads back and passes `validate(state, data)`.
+
+        A step that does not (a truncated or deleted array file, a missing item, garbage
+        JSON, a non-finite value that `validate` rejects) is logged with one warning,
+        moved aside to `corrupt-<step>` (process 0) and the previous step is tried.
+
+        Returns:
+          (state, data_state, step), or None when there was no step at all.
+
+        Raises:
+          ValueError: there were steps, but none is good (each was moved aside).
+        """
+        tried = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                state, data = self.restore(step, abstract_state)
+                if validate is not None:
+                    validate(state, data)
+                return state, data, step
+            except Exception as err:  # noqa: BLE001 - Orbax raises many types for damage
+                reason = " ".join(str(err).split())[:200] or type(err).__name__
+                aside = os.path.join(self.directory, f"corrupt-{step}")
+                logging.warning(
+                    "checkpoint step %d in %s is unusable (%s); moved to %s, trying the "
+                    "previous step",
+                    step,
+                    self.directory,
+                    reason,
+                    aside,
+                )
+                if jax.process_index() == 0:
+                    os.replace(os.path.join(self.directory, str(step)), aside)
+                self._manager.reload()
+                tried.append(step)
+        if tried:
+            raise ValueError(
+                f"no usable checkpoint left in {self.directory} (steps {tried} moved aside as "
+                "corrupt-<step>); delete the workdir to start over"
+            )
+        return None
 
     def wait_until_finished(self) -> None:
         self._manager.wait_until_finished()
