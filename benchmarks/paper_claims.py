@@ -213,14 +213,6 @@ BY_NAME = {c.name: c for c in CLAIMS}
 # --- configs and runs --------------------------------------------------------------------
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
 def _set(config, dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     node = config
@@ -233,12 +225,13 @@ def arm_config(arm: Arm, *, steps: int, seed: int, tiny: bool, cache_dir: str):
     """The training config of an arm: its variant (on the tiny base with `tiny`), its
     overrides, `steps` decoder steps and `seed`."""
     from configs import mnist
+    from semantica_jax.workdir import flat_config
 
     if tiny:
         # The variant's differences from the default, applied on top of the tiny config.
         config = mnist.get_config("tiny")
-        default = _flat(mnist.get_config("default").to_dict())
-        for key, value in _flat(mnist.get_config(arm.variant).to_dict()).items():
+        default = flat_config(mnist.get_config("default").to_dict())
+        for key, value in flat_config(mnist.get_config(arm.variant).to_dict()).items():
             if key != "variant" and value != default[key]:
                 _set(config, key, value)
     else:
@@ -258,8 +251,10 @@ def arm_config(arm: Arm, *, steps: int, seed: int, tiny: bool, cache_dir: str):
 
 def run_key(config) -> str:
     """Identity of a training run: what changes the trained weights, as a short name."""
+    from semantica_jax.workdir import flat_config
+
     blob = json.dumps(
-        {k: v for k, v in _flat(config.to_dict()).items() if not k.startswith("eval.")},
+        {k: v for k, v in flat_config(config.to_dict()).items() if not k.startswith("eval.")},
         sort_keys=True,
         default=list,
     )

@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "benchmark": "similarity_2afc",
         "command": " ".join(command),
-        "workdir": os.path.abspath(args.workdir),
+        "workdir": os.path.relpath(os.path.abspath(args.workdir), ROOT),
         "split": config.data.eval_split,
         "split_size": len(images),
         "quick": bool(args.quick),

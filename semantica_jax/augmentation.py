@@ -67,14 +67,11 @@ def prototype_similarity(cls: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def accept_variations(
     variation_cls: np.ndarray, source_cls: np.ndarray, low: float, high: float
-) -> np.ndarray:
-    """bool [M]: low <= cos(variation_cls[m], source_cls[m]) < high; both [M, D]."""
-    cos = np.sum(
-        l2_normalize(np.asarray(variation_cls, np.float64))
-        * l2_normalize(np.asarray(source_cls, np.float64)),
-        axis=-1,
-    )
-    return (cos >= low) & (cos < high)
+) -> tuple[np.ndarray, np.ndarray]:
+    """(keep bool [M], cosines float64 [M]): low <= cos(variation_cls[m], source_cls[m]) <
+    high, with the cosines themselves (the provenance); both inputs [M, D]."""
+    cos = rowwise_cosine(np.asarray(variation_cls, np.float64), np.asarray(source_cls, np.float64))
+    return (cos >= low) & (cos < high), cos
 
 
 def same_class_cosine_percentile(

@@ -281,7 +281,11 @@ def training_loop(config, workdir: str, stack: contextlib.ExitStack):
         logging.info("resumed from %s at step %d", ckpt.directory, start_step)
     elif jax.process_index() == 0:
         writer.write_hparams(
-            {k: v for k, v in _flat(config.to_dict()).items() if isinstance(v, int | float | str)}
+            {
+                k: v
+                for k, v in run_dir.flat_config(config.to_dict()).items()
+                if isinstance(v, int | float | str)
+            }
         )
 
     num_steps = int(config.train.num_steps)
@@ -408,13 +412,3 @@ def _model_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _mean_scalars(accum: list[dict[str, jax.Array]]) -> dict[str, float]:
     host = [_host_scalars(m) for m in accum]
     return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
-
-
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out

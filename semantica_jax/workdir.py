@@ -166,16 +166,18 @@ def locked(workdir: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+def flat_config(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {'section.field': value}."""
     out: dict[str, Any] = {}
     for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        out.update(flat_config(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
 
 
 def config_differences(stored: dict, wanted: dict) -> list[str]:
     """Fields that differ between two config dicts and that a resumed run must not change."""
-    a, b = _flat(json.loads(json.dumps(stored))), _flat(json.loads(json.dumps(wanted)))
+    a = flat_config(json.loads(json.dumps(stored)))
+    b = flat_config(json.loads(json.dumps(wanted)))
     return sorted(
         f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
         for key in set(a) | set(b)

@@ -35,10 +35,12 @@ def test_filter_accepts_the_half_open_band():
     source = np.array([[1.0, 0.0]] * 4)
     angles = np.array([0.0, 0.5, 1.0, 1.4])  # cos = 1, .878, .540, .170
     variations = np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    np.testing.assert_array_equal(
-        aug.accept_variations(variations, source, low=0.5, high=0.98), [False, True, True, False]
-    )
-    assert aug.accept_variations(variations[2:3], source[:1], low=np.cos(1.0), high=1.0)[0]
+    keep, cos = aug.accept_variations(variations, source, low=0.5, high=0.98)
+    np.testing.assert_array_equal(keep, [False, True, True, False])
+    np.testing.assert_allclose(cos, np.cos(angles))
+    assert aug.accept_variations(variations[2:3], source[:1], low=np.cos(1.0) - 1e-12, high=1.0)[0][
+        0
+    ]
 
 
 def test_same_class_percentile():

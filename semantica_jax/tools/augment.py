@@ -195,11 +195,9 @@ def _variations_of(ctx: dict[str, Any], i: int, w: float, settings: AugmentSetti
         images = image_io.to_uint8(jax.device_get(x))
         drawn += m
         _, var_cls = encode(ctx["bundle"], images, with_tokens=False)
-        ok = aug.accept_variations(var_cls, cls, ctx["tau_low"], settings.tau_high)
+        ok, cos = aug.accept_variations(var_cls, cls, ctx["tau_low"], settings.tau_high)
         if settings.classifier_agrees:
             ok &= _nearest_label(var_cls, ctx["cls"], ctx["labels"]) == ctx["labels"][i]
-        unit = var_cls / np.linalg.norm(var_cls, axis=1, keepdims=True)
-        cos = unit @ (cls[0] / np.linalg.norm(cls[0]))
         kept.extend(images[ok])
         cosines.extend(cos[ok])
         if len(kept) >= m:
