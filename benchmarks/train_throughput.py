@@ -25,8 +25,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def measure(variant: str, steps: int, warmup: int, overrides: list[str]) -> dict:
-    """Runs in the child process: builds the real step and times it."""
+def build_step(variant: str, overrides: list[str]):
+    """The real jitted, donated, sharded train step of a config, compiled on synthetic data.
+
+    Returns (compiled step, state, batch, FLOPs per global step, batch size, mesh, compile s).
+    """
     sys.path.insert(0, ROOT)
     import jax
     import numpy as np
@@ -78,18 +81,30 @@ def measure(variant: str, steps: int, warmup: int, overrides: list[str]) -> dict
         t0 = time.perf_counter()
         compiled = jit_step.lower(state, batch, {}).compile()
         compile_s = time.perf_counter() - t0
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
-        # XLA reports the cost of one SPMD partition: scale to the whole (global) step.
-        flops = float(cost.get("flops", float("nan"))) * mesh.size
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    # XLA reports the cost of one SPMD partition: scale to the whole (global) step.
+    flops = float(cost.get("flops", float("nan"))) * mesh.size
+    return compiled, state, batch, flops, bsz, mesh, compile_s
+
+
+def measure(variant: str, steps: int, warmup: int, overrides: list[str]) -> dict:
+    """Runs in the child process: builds the real step and times it."""
+    import jax
+    import numpy as np
+
+    compiled, state, batch, flops, bsz, mesh, compile_s = build_step(variant, overrides)
+    with jax.set_mesh(mesh):
         for _ in range(warmup):
             state, metrics = compiled(state, batch, {})
         jax.block_until_ready(metrics)
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         for _ in range(steps):
             state, metrics = compiled(state, batch, {})
         jax.block_until_ready(metrics)
-        step_s = (time.perf_counter() - t0) / steps
+        wall = time.perf_counter() - t0
+        cores_busy = (time.process_time() - c0) / wall
+        step_s = wall / steps
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
     mem = jax.devices()[0].memory_stats() or {}
     peak = mem.get("peak_bytes_in_use") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -106,6 +121,7 @@ def measure(variant: str, steps: int, warmup: int, overrides: list[str]) -> dict
         "flops_per_step": flops,
         "flops_per_image": flops / bsz,
         "achieved_gflops_per_s": round(flops / step_s / 1e9, 1),
+        "cores_busy": round(cores_busy, 2),
         "peak_memory_gib": round(peak / 2**30, 3),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "final_loss": float(metrics["loss"]),
@@ -120,16 +136,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
     parser.add_argument("--xla_flags", default="", help="extra XLA_FLAGS, e.g. onednn flags")
+    parser.add_argument(
+        "--no_xla_defaults",
+        action="store_true",
+        help="leave out the project's default XLA:CPU flags (utils/xla_cpu.py)",
+    )
     parser.add_argument("--set", action="append", default=[], help="config override a.b=v")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.variant, args.steps, args.warmup, args.set)))
         return
+    sys.path.insert(0, ROOT)
+    from semantica_jax.utils import xla_cpu
+
     results = []
     for n in [int(d) for d in args.devices.split(",")]:
         env = dict(os.environ)
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n} {args.xla_flags}".strip()
+        if not args.no_xla_defaults:
+            env["XLA_FLAGS"] = xla_cpu.with_defaults(env["XLA_FLAGS"])
         env.setdefault("JAX_PLATFORMS", "cpu")
         cmd = [
             sys.executable,

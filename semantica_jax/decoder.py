@@ -55,15 +55,42 @@ class SamplerSettings:
 class DecoderApply:
     """The U-ViT in eval mode as a `samplers.ApplyFn`, cond = {'tokens' [B,T,D], 'cls' [B,D]}.
 
+    `prepare` runs once per sampler call, before the reverse steps: it computes what does
+    not depend on the noise level (the CLS term of the conditioning embedding, the
+    projected encoder tokens and every cross-attention layer's keys and values), and the
+    null condition's once for the whole batch (it is the same learned sequence for every
+    sample). Each step then runs only the noise-dependent part on that cache.
+
     Hashed by the model (a frozen config), so every sampler built on one decoder shares the
     compiled loop: new EMA params, guidance or t_start never recompile.
     """
 
     model: uvit.UViT
 
-    def __call__(self, params, z_t, logsnr, cond, drop_cond):
+    def prepare(self, params, cond, guided: bool):
+        """cond {'tokens' [B,T,D], 'cls' [B,D]} -> the step's cache for B (or 2B: cond, null)."""
+        tokens, cls = cond["tokens"], cond["cls"]
+        b = tokens.shape[0]
+        cache = self._condition(params, tokens, cls, jnp.zeros((b,), bool))
+        if not guided:
+            return cache
+        null = self._condition(params, tokens[:1], cls[:1], jnp.ones((1,), bool))
+        return jax.tree.map(
+            lambda c, n: jnp.concatenate([c, jnp.broadcast_to(n, (b, *n.shape[1:]))], axis=0),
+            cache,
+            null,
+        )
+
+    def _condition(self, params, tokens, cls, drop_cond):
         return self.model.apply(
-            {"params": params}, z_t, logsnr, cond["tokens"], cond["cls"], drop_cond, train=False
+            {"params": params}, tokens, cls, drop_cond, method=uvit.UViT.condition
+        )
+
+    def __call__(self, params, z_t, logsnr, cond, drop_cond):
+        """One denoiser call on a cache from `prepare` (drop_cond is already in it)."""
+        del drop_cond
+        return self.model.apply(
+            {"params": params}, z_t, logsnr, None, None, None, train=False, cond_cache=cond
         )
 
 

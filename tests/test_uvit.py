@@ -350,3 +350,33 @@ def test_mnist_parameter_counts(variant, expected):
     config = mnist.get_config(variant)
     num_tokens = (config.data.image_size // config.encoder.patch_size) ** 2
     assert _param_count(config, num_tokens)[1] == expected
+
+
+# Both transformer stages cross-attend (the mirrored one twice: down and up), CLS-FiLM on.
+CACHED = dataclasses.replace(TWO_STAGE, transformer_conditioned=(True, True), cls_film=True)
+
+
+@pytest.mark.parametrize("cfg", [TINY, CACHED], ids=["one_stage", "two_stage_mirrored"])
+def test_condition_cache_gives_the_same_output(cfg):
+    """UViT.condition + cond_cache == the plain call, for kept and dropped conditions."""
+    params = _random_params(cfg)
+    z_t, logsnr, tokens, cls, _ = _inputs(cfg)
+    drop = jnp.array([False, True, False, True])
+    model = UViT(cfg)
+    cache = model.apply({"params": params}, tokens, cls, drop, method=UViT.condition)
+    b, heads = B, cfg.heads
+    mirrored = {"transformer_0_down", "transformer_0_up", "transformer_1"}
+    assert set(cache["kv"]) == (mirrored if cfg is CACHED else {"transformer_0"})
+    k, v = cache["kv"][sorted(cache["kv"])[-1]][0]
+    assert k.shape == v.shape == (b, TOKENS, heads, cfg.transformer_widths[-1] // heads)
+    assert cache["cls_term"].shape == (b, cfg.emb_dim)
+    ref = _run(cfg, params, z_t, logsnr, tokens, cls, drop)
+    out = model.apply(
+        {"params": params}, z_t, logsnr, None, None, None, train=False, cond_cache=cache
+    )
+    assert np.abs(ref).mean() > 1e-2
+    # Jitted reference vs an eager call: float32 reassociation only.
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-4, atol=2e-4)
+    # The null rows of the cache are one learned condition, whatever the inputs.
+    np.testing.assert_array_equal(np.asarray(k[1]), np.asarray(k[3]))
+    np.testing.assert_array_equal(cache["cls_term"][1], cache["cls_term"][3])

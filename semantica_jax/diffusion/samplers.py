@@ -108,23 +108,39 @@ class _WithoutParams:
         return self.model_fn(z_t, logsnr, cond, drop_cond)
 
 
-def _guided_output(apply_fn, params, z_t, logsnr_t, cond, guidance, guided):
+def _step_condition(apply_fn, params, cond, guided: bool):
+    """The condition every reverse step sees, built once before the loop.
+
+    An apply_fn with a `prepare(params, cond, guided)` method (the decoder) returns its
+    noise-independent cache, for the doubled batch when guided; otherwise cond itself,
+    tiled to [cond; cond] when guided (the second half is dropped by drop_cond).
+    """
+    prepare = getattr(apply_fn, "prepare", None)
+    if prepare is not None:
+        return prepare(params, cond, guided)
+    if not guided:
+        return cond
+    return jax.tree_util.tree_map(lambda a: jnp.concatenate([a, a], axis=0), cond)
+
+
+def _guided_output(apply_fn, params, z_t, logsnr_t, step_cond, guidance, guided):
     """Network output [B, ...] at one noise level, with classifier-free guidance.
 
-    Guidance is applied to the raw output: x, eps and v are affine in it with the same
-    offset and the coefficients (1 + w, -w) sum to 1, so guiding any of them is the same
-    (METHODS §3); doing it before any conversion also keeps it before clipping.
+    `step_cond` comes from `_step_condition`. Guidance is applied to the raw output: x,
+    eps and v are affine in it with the same offset and the coefficients (1 + w, -w) sum
+    to 1, so guiding any of them is the same (METHODS §3); doing it before any conversion
+    also keeps it before clipping.
     """
     batch = z_t.shape[0]
     logsnr = jnp.full((batch,), logsnr_t, z_t.dtype)
     if not guided:
-        return apply_fn(params, z_t, logsnr, cond, jnp.zeros((batch,), bool))
+        return apply_fn(params, z_t, logsnr, step_cond, jnp.zeros((batch,), bool))
     twice = functools.partial(jnp.concatenate, axis=0)
     out = apply_fn(
         params,
         twice([z_t, z_t]),
         twice([logsnr, logsnr]),
-        jax.tree_util.tree_map(lambda a: twice([a, a]), cond),
+        step_cond,
         jnp.arange(2 * batch) >= batch,  # [False] * B + [True] * B
     )
     out_cond, out_uncond = out[:batch], out[batch:]
@@ -161,12 +177,13 @@ def _run(
         logsnr0 = jnp.full((shape[0],), logsnr_fn(t_start), jnp.float32)
         noise = jax.random.normal(init_rng, shape, jnp.float32)
         z = diffuse(jnp.asarray(x_start, jnp.float32), noise, logsnr0)
+    step_cond = _step_condition(apply_fn, params, cond, guided)
 
     def body(j, z_t):
         i = num_steps - 1 - j
         logsnr_t = logsnr_fn(t_start * (i + 1) / num_steps)
         logsnr_s = logsnr_fn(t_start * i / num_steps)
-        out = _guided_output(apply_fn, params, z_t, logsnr_t, cond, guidance, guided)
+        out = _guided_output(apply_fn, params, z_t, logsnr_t, step_cond, guidance, guided)
         logsnr_b = jnp.full((shape[0],), logsnr_t, z_t.dtype)
         x_pred, eps_pred, _ = predictions(out, z_t, logsnr_b, prediction)
         if clip_x:

@@ -159,6 +159,10 @@ class Attention(nn.Module):
     With `capture=True` the Q, K, V actually used are sown into the 'intermediates'
     collection as 'q', 'k', 'v', each [B, heads, tokens, head_dim] (the layout DiffSim's
     Aligned Attention Score uses), for the caller to read with `mutable=['intermediates']`.
+
+    Keys and values depend only on `context`, so a sampler computes them once per sample
+    (`kv_only=True` returns them, [B, T, heads, head_dim] each) and passes them back as
+    `kv` at every reverse step instead of re-projecting the same context.
     """
 
     width: int
@@ -167,9 +171,19 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, context: jax.Array | None = None, *, capture: bool = False
-    ) -> jax.Array:
-        """x [B, N, width], context [B, T, width] | None -> [B, N, width]."""
+        self,
+        x: jax.Array | None,
+        context: jax.Array | None = None,
+        *,
+        capture: bool = False,
+        kv: tuple[jax.Array, jax.Array] | None = None,
+        kv_only: bool = False,
+    ) -> Any:
+        """x [B, N, width], context [B, T, width] | None -> [B, N, width].
+
+        kv: precomputed (k, v) of `context`, each [B, T, heads, head_dim] (context unused).
+        kv_only: return (k, v) of `context` and nothing else (x unused).
+        """
         head_dim = self.width // self.heads
         kv_input = x if context is None else context
 
@@ -180,11 +194,14 @@ class Attention(nn.Module):
             )
             return dense(inputs)
 
+        if kv is None:
+            # No key bias: it adds q.b, the same for every key of a query, which the
+            # softmax cancels, so it would only drift with float noise (true gradient 0).
+            kv = (project(kv_input, "key", use_bias=False), project(kv_input, "value"))
+        if kv_only:
+            return kv
+        k, v = kv
         q = project(x, "query")
-        # No key bias: it adds q.b, the same for every key of a query, which the softmax
-        # cancels, so it would only drift with float noise (its true gradient is 0).
-        k = project(kv_input, "key", use_bias=False)
-        v = project(kv_input, "value")
         if capture:
             for name, a in (("q", q), ("k", k), ("v", v)):
                 self.sow("intermediates", name, a.transpose(0, 2, 1, 3))
@@ -219,8 +236,18 @@ class TransformerBlock(nn.Module):
         *,
         train: bool,
         capture_attention: bool = False,
-    ) -> jax.Array:
-        """x [B, N, width], emb [B, E], context [B, T, width] | None -> [B, N, width]."""
+        cross_kv: tuple[jax.Array, jax.Array] | None = None,
+        cross_kv_only: bool = False,
+    ) -> Any:
+        """x [B, N, width], emb [B, E], context [B, T, width] | None -> [B, N, width].
+
+        cross_kv: the cross-attention's precomputed (k, v) (see `Attention`); context unused.
+        cross_kv_only: return the cross-attention's (k, v) of `context` (x, emb unused).
+        """
+        if cross_kv_only:
+            return Attention(self.width, self.heads, dtype=self.dtype, name="cross_attention")(
+                None, context, kv_only=True
+            )
         drop = nn.Dropout(self.dropout, deterministic=not train)
 
         h = nn.LayerNorm(dtype=self.dtype, name="norm_self")(x)
@@ -230,11 +257,11 @@ class TransformerBlock(nn.Module):
         x = x + drop(h)
 
         if self.cross_attention:
-            if context is None:
+            if context is None and cross_kv is None:
                 raise ValueError("a cross-attending transformer block needs context tokens")
             h = nn.LayerNorm(dtype=self.dtype, name="norm_cross")(x)
             h = Attention(self.width, self.heads, dtype=self.dtype, name="cross_attention")(
-                h, context
+                h, context, kv=cross_kv
             )
             x = x + drop(h)
 
@@ -251,7 +278,9 @@ class ConditioningEmbedding(nn.Module):
 
     emb = MLP(sinusoid(1000 * inv_cos(logsnr))) [+ Dense(LN(cls))], where the CLS term is
     replaced by a learned null vector [emb_dim] for examples with drop_cond (the guidance
-    branch, METHODS 3), jointly with the null context sequence.
+    branch, METHODS 3), jointly with the null context sequence. The CLS term does not
+    depend on the noise level: `cls_only=True` returns it ([B, emb_dim]) and a sampler
+    passes it back as `cls_term` at every step.
     """
 
     emb_dim: int
@@ -260,21 +289,32 @@ class ConditioningEmbedding(nn.Module):
 
     @nn.compact
     def __call__(
-        self, logsnr: jax.Array, cond_cls: jax.Array | None, drop_cond: jax.Array
+        self,
+        logsnr: jax.Array | None,
+        cond_cls: jax.Array | None,
+        drop_cond: jax.Array,
+        *,
+        cls_term: jax.Array | None = None,
+        cls_only: bool = False,
     ) -> jax.Array:
-        """logsnr [B], cond_cls [B, D] | None, drop_cond [B] bool -> emb [B, emb_dim]."""
-        t = sinusoidal_embedding(1000.0 * logsnr_to_time_input(logsnr), self.emb_dim)
-        emb = nn.Dense(4 * self.emb_dim, dtype=self.dtype, name="time_0")(t)
-        emb = nn.Dense(self.emb_dim, dtype=self.dtype, name="time_1")(nn.silu(emb))
-        if self.cls_film:
+        """logsnr [B], cond_cls [B, D] | None, drop_cond [B] bool -> emb [B, emb_dim].
+
+        cls_term: the precomputed CLS term [B, emb_dim] (cond_cls unused).
+        cls_only: return the CLS term [B, emb_dim] (logsnr unused).
+        """
+        if self.cls_film and cls_term is None:
             if cond_cls is None:
                 raise ValueError("cls_film is on: pass cond_cls [B, D] (or turn cls_film off)")
             c = nn.LayerNorm(dtype=self.dtype, name="cls_norm")(cond_cls)
             c = nn.Dense(self.emb_dim, dtype=self.dtype, name="cls_proj")(c)
             null = self.param("null_cls", nn.initializers.normal(1.0), (self.emb_dim,))
-            c = jnp.where(drop_cond[:, None], null.astype(c.dtype)[None], c)
-            emb = emb + c
-        return emb
+            cls_term = jnp.where(drop_cond[:, None], null.astype(c.dtype)[None], c)
+        if cls_only:
+            return cls_term
+        t = sinusoidal_embedding(1000.0 * logsnr_to_time_input(logsnr), self.emb_dim)
+        emb = nn.Dense(4 * self.emb_dim, dtype=self.dtype, name="time_0")(t)
+        emb = nn.Dense(self.emb_dim, dtype=self.dtype, name="time_1")(nn.silu(emb))
+        return emb if cls_term is None else emb + cls_term
 
 
 class ContextProjection(nn.Module):

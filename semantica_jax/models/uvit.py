@@ -254,25 +254,46 @@ class TransformerStage(nn.Module):
         *,
         train: bool,
         capture_attention: bool,
-    ) -> jax.Array:
-        """h [B, h, w, width], emb [B, E], context [B, T, width] | None -> [B, h, w, width]."""
+        cross_kv: tuple | None = None,
+        cross_kv_only: bool = False,
+    ) -> Any:
+        """h [B, h, w, width], emb [B, E], context [B, T, width] | None -> [B, h, w, width].
+
+        cross_kv: per block, the cross-attention's precomputed (k, v) (context unused).
+        cross_kv_only: return that tuple for `context` instead (h and emb unused).
+        """
+        if cross_kv_only:
+            return tuple(
+                self._block(j)(None, None, context, train=False, cross_kv_only=True)
+                for j in range(self.depth)
+            )
         b, hh, ww, c = h.shape
         x = h.reshape(b, hh * ww, c)
         if self.position_embedding:
             pos = self.param("pos_embedding", nn.initializers.normal(0.02), (hh * ww, c))
             x = x + pos.astype(x.dtype)[None]
         for j in range(self.depth):
-            x = TransformerBlock(
-                self.width,
-                self.heads,
-                self.mlp_ratio,
-                self.dropout,
-                self.cross_attention,
-                dtype=self.dtype,
-                name=f"block_{j}",
-            )(x, emb, context, train=train, capture_attention=capture_attention)
+            x = self._block(j)(
+                x,
+                emb,
+                context,
+                train=train,
+                capture_attention=capture_attention,
+                cross_kv=None if cross_kv is None else cross_kv[j],
+            )
         x = nn.LayerNorm(dtype=self.dtype, name="norm_out")(x)
         return x.reshape(b, hh, ww, c)
+
+    def _block(self, j: int) -> TransformerBlock:
+        return TransformerBlock(
+            self.width,
+            self.heads,
+            self.mlp_ratio,
+            self.dropout,
+            self.cross_attention,
+            dtype=self.dtype,
+            name=f"block_{j}",
+        )
 
 
 class UViT(nn.Module):
@@ -291,7 +312,9 @@ class UViT(nn.Module):
         *,
         train: bool,
         capture_attention: bool = False,
-    ) -> jax.Array:
+        cond_cache: Mapping[str, Any] | None = None,
+        condition_only: bool = False,
+    ) -> Any:
         """Predicts the network output (v, eps or x per the diffusion config).
 
         Args:
@@ -303,29 +326,71 @@ class UViT(nn.Module):
             jointly) for that example. None = keep every condition.
           train: enables dropout (needs the 'dropout' rng).
           capture_attention: sow self-attention Q/K/V into 'intermediates'.
+          cond_cache: what `condition` returned for these conditions (then cond_tokens,
+            cond_cls and drop_cond are unused): the noise-independent part is not
+            recomputed. Same output as passing the conditions.
+          condition_only: return the cache instead (z_t and logsnr unused); prefer
+            `condition`.
 
         Returns:
           [B, H, W, C] float32; exactly 0 at initialisation.
         """
         cfg = self.config
         dtype = cfg.compute_dtype
-        b = _check_inputs(cfg, z_t, logsnr, cond_tokens, cond_cls, drop_cond)
-        if drop_cond is None:
-            drop_cond = jnp.zeros((b,), bool)
-        drop_cond = drop_cond.astype(bool)
-
-        emb = ConditioningEmbedding(cfg.emb_dim, cfg.cls_film, dtype=dtype, name="cond_embedding")(
-            logsnr, cond_cls, drop_cond
+        if condition_only or cond_cache is None:
+            b = _check_inputs(cfg, z_t, logsnr, cond_tokens, cond_cls, drop_cond, condition_only)
+            if drop_cond is None:
+                drop_cond = jnp.zeros((b,), bool)
+            drop_cond = drop_cond.astype(bool)
+        embedding = ConditioningEmbedding(
+            cfg.emb_dim, cfg.cls_film, dtype=dtype, name="cond_embedding"
         )
-        contexts = {}
-        if cfg.cross_attention:
-            for k, (w, conditioned) in enumerate(
-                zip(cfg.transformer_widths, cfg.transformer_conditioned, strict=True)
-            ):
-                if conditioned:
-                    contexts[k] = ContextProjection(w, dtype=dtype, name=f"context_{k}")(
-                        cond_tokens.astype(dtype), drop_cond
+        m = len(cfg.transformer_blocks)
+
+        def stage(k: int, name: str, position_embedding: bool) -> TransformerStage:
+            return TransformerStage(
+                cfg.transformer_widths[k],
+                cfg.transformer_blocks[k],
+                cfg.heads,
+                cfg.mlp_ratio,
+                cfg.dropout,
+                k in conditioned,
+                position_embedding,
+                dtype=dtype,
+                name=name,
+            )
+
+        conditioned = [
+            k for k, c in enumerate(cfg.transformer_conditioned) if c and cfg.cross_attention
+        ]
+        if cond_cache is None:
+            contexts = {
+                k: ContextProjection(cfg.transformer_widths[k], dtype=dtype, name=f"context_{k}")(
+                    cond_tokens.astype(dtype), drop_cond
+                )
+                for k in conditioned
+            }
+        if condition_only:
+            cache = {"cls_term": embedding(None, cond_cls, drop_cond, cls_only=True), "kv": {}}
+            for k in conditioned:
+                names = [f"transformer_{k}_down", f"transformer_{k}_up"] if k < m - 1 else []
+                for name in names or [f"transformer_{k}"]:
+                    cache["kv"][name] = stage(k, name, False)(
+                        None,
+                        None,
+                        contexts[k],
+                        train=False,
+                        capture_attention=False,
+                        cross_kv_only=True,
                     )
+            return cache
+        if cond_cache is None:
+            emb = embedding(logsnr, cond_cls, drop_cond)
+            kv = {}
+        else:
+            emb = embedding(logsnr, None, None, cls_term=cond_cache["cls_term"])
+            contexts = {k: None for k in conditioned}
+            kv = cond_cache["kv"]
 
         # Stem.
         h = z_t.astype(dtype)
@@ -344,33 +409,28 @@ class UViT(nn.Module):
             h = Downsample(nxt, dtype=dtype, name=f"down_{i}_downsample")(h)
 
         # Transformer stages.
-        m = len(cfg.transformer_blocks)
+        widths = cfg.transformer_widths
 
-        def stage(k: int, name: str, position_embedding: bool) -> TransformerStage:
-            return TransformerStage(
-                cfg.transformer_widths[k],
-                cfg.transformer_blocks[k],
-                cfg.heads,
-                cfg.mlp_ratio,
-                cfg.dropout,
-                k in contexts,
-                position_embedding,
-                dtype=dtype,
-                name=name,
+        def run(k: int, name: str, position_embedding: bool, h: jax.Array) -> jax.Array:
+            return stage(k, name, position_embedding)(
+                h,
+                emb,
+                contexts.get(k),
+                train=train,
+                capture_attention=capture_attention,
+                cross_kv=kv.get(name),
             )
 
-        run = dict(train=train, capture_attention=capture_attention)
-        widths = cfg.transformer_widths
         stage_inputs = []
         for k in range(m - 1):
             stage_inputs.append(h)
-            h = stage(k, f"transformer_{k}_down", True)(h, emb, contexts.get(k), **run)
+            h = run(k, f"transformer_{k}_down", True, h)
             h = Downsample(widths[k + 1], dtype=dtype, name=f"transformer_{k}_downsample")(h)
-        h = stage(m - 1, f"transformer_{m - 1}", True)(h, emb, contexts.get(m - 1), **run)
+        h = run(m - 1, f"transformer_{m - 1}", True, h)
         for k in reversed(range(m - 1)):
             h = Upsample(widths[k], dtype=dtype, name=f"transformer_{k}_upsample")(h)
             h = h + stage_inputs[k]  # residual across the lower stages, no concat skip
-            h = stage(k, f"transformer_{k}_up", False)(h, emb, contexts.get(k), **run)
+            h = run(k, f"transformer_{k}_up", False, h)
 
         # Conv up path, mirrored, with one skip per ResBlock.
         for i in reversed(range(n)):
@@ -387,6 +447,25 @@ class UViT(nn.Module):
             h = depth_to_space(h, cfg.patch_size)
         return h.astype(jnp.float32)
 
+    def condition(
+        self, cond_tokens: jax.Array | None, cond_cls: jax.Array | None, drop_cond: jax.Array
+    ) -> dict[str, Any]:
+        """The noise-independent part of the network for these conditions, computed once.
+
+        Use as `model.apply(variables, tokens, cls, drop, method=UViT.condition)` and pass
+        the result as `cond_cache` at every reverse step.
+
+        Args:
+          cond_tokens: [B, T, D] (cross-attention on) or None.
+          cond_cls: [B, D] (cls_film on) or None.
+          drop_cond: [B] bool; True = the learned null condition.
+
+        Returns:
+          {'cls_term': [B, emb_dim] or None (cls_film off), 'kv': {stage name: per block
+          (k, v) of its cross-attention, each [B, T, heads, head_dim]}}.
+        """
+        return self(None, None, cond_tokens, cond_cls, drop_cond, train=False, condition_only=True)
+
 
 def _check_inputs(
     cfg: UViTConfig,
@@ -395,14 +474,23 @@ def _check_inputs(
     cond_tokens: jax.Array | None,
     cond_cls: jax.Array | None,
     drop_cond: jax.Array | None,
+    condition_only: bool = False,
 ) -> int:
-    """Validates input shapes against the config; returns the batch size B."""
-    want = (cfg.image_size, cfg.image_size, cfg.image_channels)
-    if z_t.ndim != 4 or tuple(z_t.shape[1:]) != want:
-        raise ValueError(f"z_t must be [B, {want[0]}, {want[1]}, {want[2]}], got {z_t.shape}")
-    b = z_t.shape[0]
-    if logsnr.shape != (b,):
-        raise ValueError(f"logsnr must be [B]=({b},), got {logsnr.shape}")
+    """Validates input shapes against the config; returns the batch size B.
+
+    condition_only: z_t and logsnr are not needed (B comes from drop_cond).
+    """
+    if condition_only:
+        if drop_cond is None or drop_cond.ndim != 1:
+            raise ValueError("condition: drop_cond must be [B] bool")
+        b = drop_cond.shape[0]
+    else:
+        want = (cfg.image_size, cfg.image_size, cfg.image_channels)
+        if z_t.ndim != 4 or tuple(z_t.shape[1:]) != want:
+            raise ValueError(f"z_t must be [B, {want[0]}, {want[1]}, {want[2]}], got {z_t.shape}")
+        b = z_t.shape[0]
+        if logsnr.shape != (b,):
+            raise ValueError(f"logsnr must be [B]=({b},), got {logsnr.shape}")
     if drop_cond is not None and drop_cond.shape != (b,):
         raise ValueError(f"drop_cond must be [B]=({b},) bool, got {drop_cond.shape}")
     if cfg.cross_attention:

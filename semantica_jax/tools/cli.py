@@ -23,6 +23,7 @@ from absl import flags
 from absl import logging as absl_logging
 
 from semantica_jax.errors import UserError, fail
+from semantica_jax.utils import xla_cpu
 
 _HELP = ("--help", "-h", "--helpshort", "--helpfull", "-?")
 # Output grids are upscaled in memory: 32x of a 28 px grid is already ~900 px per digit.
@@ -117,6 +118,7 @@ def start(
       {name: parsed value} for the holders `define_flags` returned, plus "args".
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    xla_cpu.apply_defaults(os.environ)  # before JAX creates its backend
     argv = list(sys.argv if argv is None else argv)
     holders = define_flags()
     if any(arg in _HELP for arg in argv[1:]):

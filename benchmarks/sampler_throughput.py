@@ -1,0 +1,161 @@
+"""Sampler throughput: images/s of the guided variation sampler, cached vs uncached.
+
+  .venv/bin/python benchmarks/sampler_throughput.py --out=benchmarks/results
+  .venv/bin/python benchmarks/sampler_throughput.py --variant=default --batch=64 --steps=32 \
+      --kinds=ddpm,ddim --repeats=3
+
+For each sampler kind it times the real jitted sampler (`samplers.make_sampler`, guidance
+on, one doubled batch) twice on random weights of the config's shapes: with the decoder's
+`prepare` (the conditioning embedding's CLS term, the projected encoder tokens, every
+cross-attention layer's keys and values and the null condition's computed once per call)
+and without it (every step recomputes them, as before). The arms alternate within each
+repeat so that both see the same machine state; the figure is the median over repeats
+with the min-max range. `cores_busy` is process CPU time / wall time during the timed
+calls (2.0 = both cores of this machine busy). Results: OUT/sampler_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+@dataclasses.dataclass(frozen=True)
+class UncachedApply:
+    """The decoder without `prepare`: every step re-derives the condition (the old path)."""
+
+    model: object
+
+    def __call__(self, params, z_t, logsnr, cond, drop_cond):
+        return self.model.apply(
+            {"params": params}, z_t, logsnr, cond["tokens"], cond["cls"], drop_cond, train=False
+        )
+
+
+def _timed(fn, *args) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one blocking call."""
+    import jax
+
+    c0, t0 = time.process_time(), time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def measure(args) -> dict:
+    import jax
+    import numpy as np
+
+    from configs import mnist
+    from semantica_jax import decoder
+    from semantica_jax.diffusion import samplers
+    from semantica_jax.models import uvit
+
+    config = mnist.get_config(args.variant)
+    config.model.dtype = args.dtype
+    model = decoder.build_model(config)
+    hw, c = config.data.image_size, config.data.channels
+    num_tokens = (hw // config.encoder.patch_size) ** 2
+    inputs = uvit.example_inputs(model.config, 2, num_tokens, config.encoder.width)
+    params = model.init(jax.random.PRNGKey(0), *inputs, train=False)["params"]
+    num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+    rng = np.random.default_rng(0)
+    cond = {
+        "tokens": rng.normal(size=(args.batch, num_tokens, config.encoder.width)).astype("f4"),
+        "cls": rng.normal(size=(args.batch, config.encoder.width)).astype("f4"),
+    }
+    logsnr_fn = decoder.training_logsnr_fn(config)
+    rows = []
+    for kind in args.kinds.split(","):
+        arms = {"cached": decoder.DecoderApply(model), "uncached": UncachedApply(model)}
+        fns = {
+            name: samplers.make_sampler(
+                apply_fn,
+                (args.batch, hw, hw, c),
+                logsnr_fn,
+                prediction=config.diffusion.prediction,
+                kind=kind,
+                num_steps=args.steps,
+                gamma=config.sampler.gamma,
+                guided=True,
+            )
+            for name, apply_fn in arms.items()
+        }
+        key = jax.random.PRNGKey(1)
+        results = {name: [] for name in fns}
+        outs = {name: fn(params, cond, key, 0.5) for name, fn in fns.items()}  # compile
+        diff = float(np.max(np.abs(np.asarray(outs["cached"]) - np.asarray(outs["uncached"]))))
+        for _ in range(args.repeats):
+            for name, fn in fns.items():
+                results[name].append(_timed(fn, params, cond, key, 0.5))
+        for name, times in results.items():
+            rates = [args.batch / wall for wall, _ in times]
+            rows.append(
+                {
+                    "kind": kind,
+                    "arm": name,
+                    "images_per_s": round(statistics.median(rates), 2),
+                    "images_per_s_range": [round(min(rates), 2), round(max(rates), 2)],
+                    "cores_busy": round(statistics.median(cpu / wall for wall, cpu in times), 2),
+                    "max_abs_diff_cached_vs_uncached": diff,
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return {
+        "variant": args.variant,
+        "dtype": args.dtype,
+        "num_params": num_params,
+        "batch": args.batch,
+        "steps": args.steps,
+        "guidance": 0.5,
+        "repeats": args.repeats,
+        "rows": rows,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results", help="directory for the JSON")
+    parser.add_argument("--variant", default="default", help="configs/mnist.py variant")
+    parser.add_argument("--batch", type=int, default=64, help="samples per sampler call")
+    parser.add_argument("--steps", type=int, default=32, help="reverse steps")
+    parser.add_argument("--kinds", default="ddpm,ddim", help="sampler kinds, comma-separated")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per arm")
+    parser.add_argument("--dtype", default="float32", help="model.dtype: float32 | bfloat16")
+    parser.add_argument(
+        "--no_xla_defaults",
+        action="store_true",
+        help="leave out the project's default XLA:CPU flags (utils/xla_cpu.py)",
+    )
+    args = parser.parse_args()
+    from benchmarks.train_throughput import _cpu_model
+    from semantica_jax.utils import atomic_files, xla_cpu
+
+    if not args.no_xla_defaults:
+        xla_cpu.apply_defaults(os.environ)  # before JAX creates its backend
+
+    report = {
+        "machine": {
+            "cpu": _cpu_model(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "command": " ".join(sys.argv),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        **measure(args),
+    }
+    name = f"sampler_throughput_{args.variant}{'_no_xla_defaults' * args.no_xla_defaults}.json"
+    path = atomic_files.write_json(os.path.join(args.out, name), report)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
