@@ -28,6 +28,8 @@ test: venv
 
 bench: venv
 	$(PY) benchmarks/train_throughput.py --out=benchmarks/results
+	$(PY) benchmarks/sampler_throughput.py --out=benchmarks/results
+	$(PY) benchmarks/profile_step.py --out=benchmarks/results
 	$(PY) benchmarks/pipeline_throughput.py --out=benchmarks/results
 
 # The papers' claims re-measured (resumable: finished arms and measurements are reused).

@@ -725,4 +725,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
+    from semantica_jax.utils import xla_cpu
+
+    xla_cpu.apply_defaults(os.environ)  # before JAX creates its backend
     main()

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import ml_collections
+from absl import logging
 
 from semantica_jax.errors import UserError
 
@@ -98,22 +99,59 @@ def load_config(workdir: str, cache_dir: str = "") -> ml_collections.ConfigDict:
 
 
 def restore_ema_params(workdir: str, step: int | None = None) -> tuple[Any, int]:
-    """EMA params of the latest (or given) checkpoint of WORKDIR: (params, step).
+    """EMA params of the newest usable (or the given) checkpoint of WORKDIR: (params, step).
+
+    With step=None, a newest step that does not read back (truncated or deleted array
+    files, a missing item, damaged metadata) or holds a non-finite value is skipped with
+    one warning naming it, and the previous step is used; readers never move or delete a
+    training run's files (the next training resume moves such a step aside).
 
     Raises:
-      UserError: the workdir holds no finished checkpoint (or not that step).
+      UserError: the workdir holds no finished checkpoint (or not that step), or none of
+        its checkpoints is usable.
     """
     from semantica_jax.utils import checkpointing
 
     checkpoints = checkpoints_dir(workdir)
     if not os.path.isdir(checkpoints):
         raise UserError(f"no checkpoints in {workdir}; train first (semantica_jax.main)")
-    if step is not None and not os.path.isdir(os.path.join(checkpoints, str(step))):
-        raise UserError(f"no checkpoint for step {step} in {checkpoints}")
+    if step is not None:
+        if not os.path.isdir(os.path.join(checkpoints, str(step))):
+            raise UserError(f"no checkpoint for step {step} in {checkpoints}")
+        return _restore_usable(checkpoints, step)
+    steps = checkpointing.finished_steps(checkpoints)
+    if not steps:
+        raise UserError(f"no finished checkpoint in {checkpoints}; train first")
+    unusable = []
+    for candidate in sorted(steps, reverse=True):
+        try:
+            return _restore_usable(checkpoints, candidate)
+        except UserError as err:
+            logging.warning("%s; trying the previous step", err)
+            unusable.append(candidate)
+    raise UserError(
+        f"no usable checkpoint in {checkpoints} (steps {unusable} are damaged); retrain, "
+        "or resume training to move them aside"
+    )
+
+
+def _restore_usable(checkpoints: str, step: int) -> tuple[Any, int]:
+    """restore_params of one step; damage or a non-finite value is a UserError naming it."""
+    import jax
+    import numpy as np
+
+    from semantica_jax.utils import checkpointing
+
     try:
-        return checkpointing.restore_params(checkpoints, step=step, item="ema_params")
+        params, step = checkpointing.restore_params(checkpoints, step=step, item="ema_params")
     except FileNotFoundError as err:
         raise UserError(str(err)) from err
+    except Exception as err:  # noqa: BLE001 - Orbax raises many types for damaged files
+        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        raise UserError(f"checkpoint step {step} in {checkpoints} is unreadable ({reason})") from err
+    if not all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(params)):
+        raise UserError(f"checkpoint step {step} in {checkpoints} holds non-finite parameters")
+    return params, step
 
 
 # --- one run per workdir, and only the same run resumed -------------------------------------

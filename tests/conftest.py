@@ -37,14 +37,14 @@ def mnist_data_dir(session_cache) -> str:
 
 @pytest.fixture(scope="session")
 def tool_workdir(session_cache, tmp_path_factory) -> str:
-    """A tiny run (2 steps, one checkpoint, no sample grid) trained in-process."""
+    """A tiny run (2 steps, checkpoints at 1 and 2, no sample grid) trained in-process."""
     from configs import mnist
     from semantica_jax import train
 
     config = mnist.get_config("tiny")
     config.cache_dir = session_cache
     config.train.num_steps = 2
-    config.train.checkpoint_every = 2
+    config.train.checkpoint_every = 1
     config.train.eval_every = 0
     path = str(tmp_path_factory.mktemp("tools_run"))
     train.train_and_evaluate(config, path)

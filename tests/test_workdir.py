@@ -1,8 +1,12 @@
 """workdir.py: the run dir's config round trip."""
 
+import glob
 import json
 import os
+import shutil
 
+import jax
+import numpy as np
 import pytest
 
 from semantica_jax import errors
@@ -71,3 +75,31 @@ def test_resume_refuses_another_architecture_and_allows_longer_runs(tmp_path):
     wider.seed = 3
     with pytest.raises(errors.UserError, match="model.transformer_width: 32 -> 64.*seed: 0 -> 3"):
         run_dir.check_resumable(wider, str(tmp_path))
+
+
+def _damage_arrays(step_dir):
+    for path in glob.glob(f"{step_dir}/state/**/d/*", recursive=True):
+        with open(path, "r+b") as f:
+            f.truncate(max(1, os.path.getsize(path) // 3))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # tensorstore
+def test_readers_fall_back_past_a_damaged_newest_checkpoint(tool_workdir, tmp_path, caplog):
+    """sample/eval/tools read the newest usable step; they never move training files."""
+    run = shutil.copytree(tool_workdir, tmp_path / "run")
+    good, step = run_dir.restore_ema_params(str(run))
+    assert step == 2
+    _damage_arrays(run / "checkpoints" / "2")
+    with caplog.at_level("WARNING"):
+        params, step = run_dir.restore_ema_params(str(run))
+    assert step == 1 and "step 2" in caplog.text and "unreadable" in caplog.text
+    assert os.path.isdir(run / "checkpoints" / "2")  # left where it was
+    one, _ = run_dir.restore_ema_params(str(tool_workdir), step=1)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(one), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # An explicitly requested damaged step, or none usable at all, is one UserError.
+    with pytest.raises(errors.UserError, match="step 2 .* unreadable"):
+        run_dir.restore_ema_params(str(run), step=2)
+    _damage_arrays(run / "checkpoints" / "1")
+    with pytest.raises(errors.UserError, match=r"no usable checkpoint .*\[2, 1\]"):
+        run_dir.restore_ema_params(str(run))

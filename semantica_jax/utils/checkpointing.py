@@ -221,6 +221,15 @@ class Checkpointer:
         self.close()
 
 
+def finished_steps(checkpoints: str | os.PathLike) -> list[int]:
+    """Steps with a finished (committed) save under a `Checkpointer` directory, ascending."""
+    root = _abspath(checkpoints)
+    if not os.path.isdir(root):
+        return []
+    with ocp.CheckpointManager(root, item_names=(_STATE, _DATA)) as manager:
+        return sorted(manager.all_steps())
+
+
 def restore_params(
     checkpoints: str | os.PathLike, step: int | None = None, item: str = "ema_params"
 ) -> tuple[Any, int]:
