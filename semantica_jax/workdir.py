@@ -148,7 +148,8 @@ def _restore_usable(checkpoints: str, step: int) -> tuple[Any, int]:
         raise UserError(str(err)) from err
     except Exception as err:  # noqa: BLE001 - Orbax raises many types for damaged files
         reason = " ".join(str(err).split())[:160] or type(err).__name__
-        raise UserError(f"checkpoint step {step} in {checkpoints} is unreadable ({reason})") from err
+        message = f"checkpoint step {step} in {checkpoints} is unreadable ({reason})"
+        raise UserError(message) from err
     if not all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(params)):
         raise UserError(f"checkpoint step {step} in {checkpoints} holds non-finite parameters")
     return params, step

@@ -20,7 +20,13 @@ def test_cache_values_reuse_and_staleness(
     directory = str(tmp_path / "emb")
     logs = []
     tokens, cls = embeddings.cached_embeddings(
-        directory, bundle, images, _identity(bundle, images), batch_size=4, log=logs.append
+        directory,
+        bundle,
+        images,
+        _identity(bundle, images),
+        batch_size=4,
+        log=logs.append,
+        warn=logs.append,
     )
     assert sum(encode_calls) == 10
     assert isinstance(tokens, np.memmap) and tokens.dtype == np.float16
@@ -33,7 +39,7 @@ def test_cache_values_reuse_and_staleness(
     # Fresh: reused, nothing recomputed, files untouched.
     encode_calls.clear()
     again, _ = embeddings.cached_embeddings(
-        directory, bundle, images, _identity(bundle, images), log=logs.append
+        directory, bundle, images, _identity(bundle, images), log=logs.append, warn=logs.append
     )
     assert encode_calls == []
     assert os.stat(os.path.join(directory, "tokens.npy")).st_mtime_ns == mtime
@@ -43,7 +49,7 @@ def test_cache_values_reuse_and_staleness(
     other = make_bundle(config_vit, 1, key="key0")
     logs.clear()
     _, cls_other = embeddings.cached_embeddings(
-        directory, other, images, _identity(other, images), log=logs.append
+        directory, other, images, _identity(other, images), log=logs.append, warn=logs.append
     )
     assert sum(encode_calls) == 10 and any("stale" in m and "params_hash" in m for m in logs)
     np.testing.assert_allclose(cls_other, encode_lib.encode(other, images)[1], atol=1e-6)
@@ -57,7 +63,12 @@ def test_cache_values_reuse_and_staleness(
         encode_calls.clear()
         logs.clear()
         tok, _ = embeddings.cached_embeddings(
-            directory, other, new_images, _identity(other, new_images, dataset), log=logs.append
+            directory,
+            other,
+            new_images,
+            _identity(other, new_images, dataset),
+            log=logs.append,
+            warn=logs.append,
         )
         assert sum(encode_calls) == len(new_images), field
         assert any("stale" in m and field in m for m in logs), (field, logs)
@@ -75,10 +86,36 @@ def test_corrupt_cache_files_are_rebuilt(
     encode_calls.clear()
     logs = []
     tokens, _ = embeddings.cached_embeddings(
-        directory, bundle, images, _identity(bundle, images), log=logs.append
+        directory, bundle, images, _identity(bundle, images), log=logs.append, warn=logs.append
     )
     assert sum(encode_calls) == 6 and tokens.shape[0] == 6
     assert any("unreadable" in m for m in logs)
+
+
+@pytest.mark.parametrize("garbage", ["finite", "nan"])
+def test_same_shape_garbage_in_a_cache_is_detected_and_rebuilt(
+    garbage, tmp_path, encode_calls, make_bundle, config_vit, random_digits
+):
+    """Values overwritten in place (shape and header intact) are never used silently."""
+    bundle, images = make_bundle(config_vit, 0, key="key0"), random_digits(6, 0)
+    directory = str(tmp_path / "emb")
+    want_tokens, want_cls = embeddings.cached_embeddings(
+        directory, bundle, images, _identity(bundle, images)
+    )
+    want_tokens, want_cls = np.array(want_tokens), np.array(want_cls)
+    cls = np.load(os.path.join(directory, "cls.npy"), mmap_mode="r+")
+    cls[2] = np.nan if garbage == "nan" else cls[2] + 0.5
+    cls.flush()
+    del cls
+    encode_calls.clear()
+    logs = []
+    tokens, cls = embeddings.cached_embeddings(
+        directory, bundle, images, _identity(bundle, images), log=logs.append, warn=logs.append
+    )
+    assert sum(encode_calls) == 6  # rebuilt
+    assert any("cls.npy does not match its recorded sha256" in m for m in logs), logs
+    np.testing.assert_array_equal(cls, want_cls)
+    np.testing.assert_array_equal(np.asarray(tokens), want_tokens)
 
 
 def test_failed_build_leaves_nothing_partial(
