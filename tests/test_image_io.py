@@ -44,3 +44,18 @@ def test_save_grid_layout_and_atomic(tmp_path):
     assert grid[2 + 30 + 5, 2 + 30 + 5] == 160  # image 4: row 1, col 1
     assert grid[1, 1] == 0  # padding
     assert os.listdir(tmp_path) == ["grid.png"]
+
+
+def test_16_bit_png_is_rescaled_not_saturated(tmp_path):
+    """A 16-bit grey PNG keeps its contrast: 257 * v -> v (Pillow alone clips at 255)."""
+    values = np.arange(36, 36 + 28 * 28).reshape(28, 28) % 181 + 36  # 36..216
+    path = str(tmp_path / "deep.png")
+    Image.fromarray((values * 257).astype(np.uint16)).save(path)
+    assert Image.open(path).mode.startswith("I")
+    image, note = image_io.load_image(path, 28, 1)
+    np.testing.assert_array_equal(image[..., 0], values.astype(np.uint8))
+    assert "16-bit -> 8-bit" in note
+    # A 16-bit file holding 8-bit values is taken as it is.
+    Image.fromarray(values.astype(np.uint16)).save(path)
+    image, _ = image_io.load_image(path, 28, 1)
+    np.testing.assert_array_equal(image[..., 0], values.astype(np.uint8))

@@ -68,9 +68,23 @@ def _read(path: str) -> tuple[Image.Image, list[str]]:
     try:
         with Image.open(path) as image:
             image.load()
-            return image.copy(), notes
+            image = image.copy()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"{path}: not a readable image ({err})") from err
+    if image.mode.startswith("I") or image.mode == "F":
+        # 16/32-bit grey (Pillow's convert('L') would saturate it at 255): rescale.
+        array = np.asarray(image)
+        if image.mode == "F":
+            array, note = _array_to_uint8(array, path)
+        else:
+            deep = int(array.max(initial=0)) > 255
+            array = np.rint(array / 257.0) if deep else array
+            array = np.clip(array, 0, 255).astype(np.uint8)[..., None]
+            note = f"{image.mode} 16-bit -> 8-bit (/257)" if deep else None
+        if note:
+            notes.append(note)
+        image = Image.fromarray(array[..., 0], mode="L")
+    return image, notes
 
 
 def load_image(path: str, image_size: int, channels: int) -> tuple[np.ndarray, str | None]:
