@@ -43,6 +43,7 @@ def test_sample_cli_grid_is_deterministic(tool_workdir, tool_inputs, tmp_path, r
         ("bad_npy", "must hold"),
         ("missing", "no such file"),
         ("no_checkpoint", "no checkpoints"),
+        ("out_is_a_directory", "is a directory"),
     ],
 )
 def test_sample_cli_bad_input_is_one_error_line(
@@ -57,11 +58,14 @@ def test_sample_cli_bad_input_is_one_error_line(
             (tmp_path / "run" / "config.json").write_text(src.read())
         image = tool_inputs["png"]
     out = tmp_path / "grid.png"
+    if case == "out_is_a_directory":
+        image, out = tool_inputs["png"], tmp_path
     proc = run_tool("sample", f"--workdir={workdir}", f"--image={image}", f"--out={out}")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], proc.stderr
-    assert not out.exists() and os.listdir(tmp_path) in ([], ["run"])  # no temp file either
+    assert out == tmp_path or not out.exists()
+    assert os.listdir(tmp_path) in ([], ["run"])  # no temp file either
 
 
 @pytest.mark.parametrize(

@@ -184,6 +184,26 @@ def check_sampler_flags(steps: int, kind: str, scale: int) -> dict[str, Any]:
     return overrides
 
 
+def check_output_file(path: str, flag: str = "--out") -> None:
+    """Refuses, before any work, an output path that could not be written.
+
+    Raises:
+      UserError: `path` is empty or an existing directory, or its nearest existing
+        ancestor is not a writable directory (a file, or a read-only file system).
+    """
+    if not path:
+        raise UserError(f"{flag} is empty; give a file path")
+    if os.path.isdir(path):
+        raise UserError(f"{flag}={path} is a directory; give a file path inside it")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError(f"{flag}={path}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{flag}={path}: {parent} is not writable; choose another path")
+
+
 def load_inputs(paths: list[str], image_size: int, channels: int, log: Log | None = None):
     """Reads user images converted to the model's size and colour.
 

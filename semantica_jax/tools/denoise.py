@@ -250,6 +250,7 @@ def denoise_image(
     if condition not in CONDITIONS:
         raise UserError(f"--condition must be one of {', '.join(CONDITIONS)}, got {condition!r}")
     overrides = cli.check_sampler_flags(steps, kind, scale)
+    cli.check_output_file(out)
     config = run_dir.load_config(workdir, cache_dir)
     schedule = decoder.training_logsnr_fn(config)
     level = noise_level(noise_std, schedule)

@@ -140,6 +140,7 @@ def make_variations(
     if not 0 <= seed < 2**32:
         raise UserError(f"--seed must be in [0, 2**32), got {seed}")
     overrides = cli.check_sampler_flags(steps, kind, scale)
+    cli.check_output_file(out)
     config = run_dir.load_config(workdir, cache_dir)
     inputs = cli.load_inputs(image_paths, config.data.image_size, config.data.channels, log)
     params, step = run_dir.restore_ema_params(workdir)

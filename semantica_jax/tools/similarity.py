@@ -114,6 +114,8 @@ def check_options(options: Options) -> None:
         )
     if options.gallery and not options.out.lower().endswith(".png"):
         raise UserError(f"--out must be a .png path, got {options.out!r}")
+    if options.gallery:
+        cli.check_output_file(options.out)
 
 
 def diffsim_settings(options: Options):
