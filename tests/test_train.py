@@ -199,6 +199,52 @@ def test_two_processes_match_one(tiny_run, session_cache, tmp_path, main_env):
     _assert_same_run(tiny_run, workdir)
 
 
+def test_killed_peer_stops_the_whole_launch(session_cache, tmp_path, main_env):
+    """SIGKILL one of two processes: the launcher stops the other and returns non-zero
+    within a bound, leaving no child behind (a peer would otherwise wait in a collective)."""
+    workdir = str(tmp_path / "run")
+    launcher = subprocess.Popen(
+        [
+            "bash",
+            "launch/local_multihost.sh",
+            "2",
+            "1",
+            "--",
+            "--config=configs/mnist.py:tiny",
+            f"--workdir={workdir}",
+            f"--config.cache_dir={session_cache}",
+            "--config.train.num_steps=100000",
+            "--config.train.checkpoint_every=2",
+            "--config.train.eval_every=0",
+        ],
+        cwd=ROOT,
+        env={**main_env(1), "PYTHON": sys.executable, "WORKLOG_DIR": str(tmp_path)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not glob.glob(os.path.join(workdir, "checkpoints", "[0-9]*")):
+            assert launcher.poll() is None and time.monotonic() < deadline, "run never started"
+            time.sleep(0.5)
+        children = [
+            int(p) for p in subprocess.check_output(["pgrep", "-P", str(launcher.pid)]).split()
+        ]
+        assert len(children) == 2
+        os.kill(max(children), signal.SIGKILL)
+        killed_at = time.monotonic()
+        rc = launcher.wait(timeout=120)
+        assert rc != 0 and time.monotonic() - killed_at < 60
+        for pid in children:  # both gone: reaped by the launcher, not left running
+            assert (
+                not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read()
+            )
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+
+
 @pytest.mark.parametrize(
     "override, devices, field",
     [
