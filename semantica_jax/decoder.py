@@ -67,19 +67,19 @@ class DecoderApply:
 
     model: uvit.UViT
 
-    def prepare(self, params, cond, guided: bool):
-        """cond {'tokens' [B,T,D], 'cls' [B,D]} -> the step's cache for B (or 2B: cond, null)."""
+    def prepare(self, params, cond, guided: bool, null_only: bool = False):
+        """cond {'tokens' [B,T,D], 'cls' [B,D]} -> the step's cache for B (or 2B: cond, null).
+
+        null_only: every row gets the null condition (the unconditional branch alone).
+        """
         tokens, cls = cond["tokens"], cond["cls"]
         b = tokens.shape[0]
-        cache = self._condition(params, tokens, cls, jnp.zeros((b,), bool))
+        null = self._condition(params, tokens[:1], cls[:1], jnp.ones((1,), bool))
+        null = jax.tree.map(lambda n: jnp.broadcast_to(n, (b, *n.shape[1:])), null)
+        cache = null if null_only else self._condition(params, tokens, cls, jnp.zeros((b,), bool))
         if not guided:
             return cache
-        null = self._condition(params, tokens[:1], cls[:1], jnp.ones((1,), bool))
-        return jax.tree.map(
-            lambda c, n: jnp.concatenate([c, jnp.broadcast_to(n, (b, *n.shape[1:]))], axis=0),
-            cache,
-            null,
-        )
+        return jax.tree.map(lambda c, n: jnp.concatenate([c, n], axis=0), cache, null)
 
     def _condition(self, params, tokens, cls, drop_cond):
         return self.model.apply(

@@ -66,6 +66,7 @@ def run(argv: list[str] | None = None) -> None:
     parallel.initialize_distributed()
     config, workdir = f["config"], os.path.abspath(f["workdir"])
     with errors.reported():
+        cli.check_output_dir(workdir)
         if f["mode"] == "train":
             from semantica_jax import train
 

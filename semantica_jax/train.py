@@ -24,6 +24,7 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from semantica_jax import assets, decoder
 from semantica_jax import workdir as run_dir
 from semantica_jax.data.pipeline import make_train_pipeline, write_pair_report
+from semantica_jax.diffusion import losses, samplers, schedules
 from semantica_jax.errors import NonFiniteError
 from semantica_jax.train_step import (
     StepConfig,
@@ -65,6 +66,17 @@ def validate_config(config) -> None:
     if not 0.0 <= config.train.ema_decay < 1.0:
         raise ValueError(f"config.train.ema_decay={config.train.ema_decay} must be in [0,1)")
     learning_rate_schedule(config.train)  # raises on an unknown train.lr_decay
+    choices = {
+        "diffusion.schedule": (config.diffusion.schedule, schedules.SCHEDULES),
+        "diffusion.prediction": (config.diffusion.prediction, losses.PREDICTIONS),
+        "diffusion.loss": (config.diffusion.loss, losses.LOSSES),
+        "sampler.kind": (config.sampler.kind, samplers.KINDS),
+    }
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ValueError(f"config.{name}={value!r}: choose one of {', '.join(allowed)}")
+    if not 0.0 <= config.sampler.gamma <= 1.0:
+        raise ValueError(f"config.sampler.gamma={config.sampler.gamma} must be in [0, 1]")
 
 
 def _model_apply(model):

@@ -11,6 +11,7 @@ under its key (if absent), so that training jobs of the same config reuse it.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 
@@ -28,10 +29,25 @@ from semantica_jax.utils import atomic_files
 Log = Callable[[str], None]
 
 
+def validate_encoder_config(encoder: ml_collections.ConfigDict) -> None:
+    """Rejects encoder values that would fail later, naming the field (before any write)."""
+    for name in ("num_steps", "batch_size", "learning_rate", "width", "depth", "heads"):
+        value = encoder[name]
+        if not value > 0 or not math.isfinite(value):  # `not > 0` also rejects NaN
+            raise ValueError(f"config.encoder.{name}={value} must be positive and finite")
+    if encoder.warmup_steps < 0:
+        raise ValueError(f"config.encoder.warmup_steps={encoder.warmup_steps} must be >= 0")
+    if encoder.objective not in ("contrastive", "simclr"):
+        raise ValueError(
+            f"config.encoder.objective={encoder.objective!r}: choose contrastive or simclr"
+        )
+
+
 def run_encoder_job(
     config: ml_collections.ConfigDict, workdir: str, log: Log = logging.info
 ) -> dict:
     """Trains (or reuses WORKDIR/encoder) and evaluates; returns the evaluation report."""
+    validate_encoder_config(config.encoder)
     workdir = os.path.abspath(workdir)
     train_images, train_labels = assets.load_split(config, config.data.train_split)
     vit = ViTConfig.from_config(config.encoder, config.data.image_size, config.data.channels)

@@ -57,3 +57,6 @@ def test_cached_sampler_matches_the_uncached_one(kind):
     k = np.asarray(jax.tree.leaves(prepared["kv"])[0])
     assert k.shape[0] == 6 and np.all(k[3:] == k[3]) and not np.allclose(k[0], k[1])
     assert jnp.allclose(prepared["cls_term"][4], prepared["cls_term"][5])
+    # null_only (denoise's unconditional branch): every row is the null condition.
+    null = decoder.DecoderApply(model).prepare(params, cond, guided=False, null_only=True)
+    np.testing.assert_array_equal(np.asarray(jax.tree.leaves(null["kv"])[0]), k[3:])

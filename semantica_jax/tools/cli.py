@@ -47,11 +47,15 @@ def parse_flags_or_exit(argv: list[str], allow_args: bool = True) -> list[str]:
     Returns:
       argv[0] and the positional arguments.
     """
+    # ml_collections reads `--config.X` overrides from sys.argv, not from the argv parsed:
+    # make them the same, so that `run(argv)` in-process parses exactly like a command line.
+    sys.argv = list(argv)
     try:
         rest = flags.FLAGS(argv)
     # ml_collections reports a bad override as AttributeError/KeyError (unknown field) or
-    # TypeError/ValueError (value of the wrong type), not as flags.Error.
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    # TypeError/ValueError (value of the wrong type), not as flags.Error; loading a config
+    # file runs the user's code, which can raise anything (OSError, SyntaxError, ...).
+    except Exception as e:  # noqa: BLE001
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         if isinstance(e, AttributeError | KeyError):
             reason = reason.strip("\"'")
@@ -133,7 +137,15 @@ def start(
         quiet_library_logs()
     else:
         quiet_tool_logs()
-    values = {name: holder.value for name, holder in holders.items()}
+    values = {}
+    for name, holder in holders.items():
+        try:
+            values[name] = holder.value  # a config file is loaded (and run) here
+            if type(values[name]).__name__ == "_ErrorConfig":
+                getattr(values[name], "load_error")  # noqa: B009 - raises the deferred error
+        except Exception as err:  # noqa: BLE001 - a user's config file can raise anything
+            reason = " ".join(str(err).split())[:400] or type(err).__name__
+            fail(f"--{name}: {reason}")
     values["args"] = rest[1:]
     return values
 
@@ -195,6 +207,24 @@ def check_output_file(path: str, flag: str = "--out") -> None:
         raise UserError(f"{flag} is empty; give a file path")
     if os.path.isdir(path):
         raise UserError(f"{flag}={path} is a directory; give a file path inside it")
+    _check_writable_ancestor(path, flag)
+
+
+def check_output_dir(path: str, flag: str = "--workdir") -> None:
+    """Refuses, before any work, a directory path that could not be created or written.
+
+    Raises:
+      UserError: `path` is empty or an existing file, or it (or its nearest existing
+        ancestor) is not a writable directory.
+    """
+    if not path:
+        raise UserError(f"{flag} is empty; give a directory path")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{flag}={path} is a file, not a directory; choose another path")
+    _check_writable_ancestor(os.path.join(path, "x"), flag)
+
+
+def _check_writable_ancestor(path: str, flag: str) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)

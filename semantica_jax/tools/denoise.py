@@ -113,6 +113,12 @@ class _NullCondition:
 
     apply_fn: samplers.ApplyFn
 
+    def prepare(self, params, cond, guided: bool):
+        """The decoder's once-per-call cache with the null condition on every row."""
+        if hasattr(self.apply_fn, "prepare"):
+            return self.apply_fn.prepare(params, cond, guided, null_only=True)
+        return jax.tree.map(lambda a: jnp.concatenate([a, a]), cond) if guided else cond
+
     def __call__(self, params, z_t, logsnr, cond, drop_cond):
         return self.apply_fn(params, z_t, logsnr, cond, jnp.ones_like(drop_cond, bool))
 

@@ -35,7 +35,7 @@ def _array_to_uint8(array: np.ndarray, path: str) -> tuple[np.ndarray, str | Non
         )
     if array.dtype == np.uint8:
         return array, None
-    if not np.issubdtype(array.dtype, np.number):
+    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
         raise ImageReadError(f"{path}: .npy dtype {array.dtype} is not numeric")
     values = array.astype(np.float64)
     if not np.all(np.isfinite(values)):
