@@ -26,6 +26,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from train_throughput import add_xla_defaults_flag, build_step  # noqa: E402
 
 
 def op_kinds(hlo_text: str) -> dict[str, str]:
@@ -73,9 +75,6 @@ def child(args) -> dict:
     sys.path.insert(0, ROOT)
     import jax
 
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    from train_throughput import build_step
-
     compiled, state, batch, flops, bsz, mesh, _ = build_step(args.variant, args.set)
     kinds = op_kinds(compiled.as_text())
     with jax.set_mesh(mesh):
@@ -95,8 +94,6 @@ def child(args) -> dict:
         if not plane.name.startswith("/host:CPU"):
             continue
         for line in plane.lines:
-            if "XLA" not in line.name and "Thunk" not in line.name and "tf_" not in line.name:
-                pass
             for event in line.events:
                 name = event.name
                 if name.startswith(("$", "Thunk", "ExecuteSharded", "PjRt")) or " " in name:
@@ -131,11 +128,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="traced steps")
     parser.add_argument("--top", type=int, default=25, help="ops listed by time")
     parser.add_argument("--xla_flags", default="", help="extra XLA_FLAGS")
-    parser.add_argument(
-        "--no_xla_defaults",
-        action="store_true",
-        help="leave out the project's default XLA:CPU flags (utils/xla_cpu.py)",
-    )
+    add_xla_defaults_flag(parser)
     parser.add_argument("--set", action="append", default=[], help="config override a.b=v")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

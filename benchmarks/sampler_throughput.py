@@ -27,6 +27,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from benchmarks.train_throughput import add_xla_defaults_flag  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +67,12 @@ def measure(args) -> dict:
     num_tokens = (hw // config.encoder.patch_size) ** 2
     inputs = uvit.example_inputs(model.config, 2, num_tokens, config.encoder.width)
     params = model.init(jax.random.PRNGKey(0), *inputs, train=False)["params"]
+    # Small noise on every weight, so the zero-initialised output layers pass signal and the
+    # cached-vs-uncached difference below compares real outputs (not two zero images).
+    noise = np.random.default_rng(1)
+    params = jax.tree.map(
+        lambda p: p + 0.02 * noise.standard_normal(p.shape).astype(p.dtype), params
+    )
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     rng = np.random.default_rng(0)
     cond = {
@@ -130,11 +137,7 @@ def main() -> None:
     parser.add_argument("--kinds", default="ddpm,ddim", help="sampler kinds, comma-separated")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per arm")
     parser.add_argument("--dtype", default="float32", help="model.dtype: float32 | bfloat16")
-    parser.add_argument(
-        "--no_xla_defaults",
-        action="store_true",
-        help="leave out the project's default XLA:CPU flags (utils/xla_cpu.py)",
-    )
+    add_xla_defaults_flag(parser)
     args = parser.parse_args()
     from benchmarks.train_throughput import _cpu_model
     from semantica_jax.utils import atomic_files, xla_cpu

@@ -136,11 +136,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
     parser.add_argument("--xla_flags", default="", help="extra XLA_FLAGS, e.g. onednn flags")
-    parser.add_argument(
-        "--no_xla_defaults",
-        action="store_true",
-        help="leave out the project's default XLA:CPU flags (utils/xla_cpu.py)",
-    )
+    add_xla_defaults_flag(parser)
     parser.add_argument("--set", action="append", default=[], help="config override a.b=v")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -185,6 +181,15 @@ def main() -> None:
 
     path = atomic_files.write_json(os.path.join(args.out, "train_throughput.json"), report)
     print(f"wrote {path}")
+
+
+def add_xla_defaults_flag(parser: argparse.ArgumentParser) -> None:
+    """--no_xla_defaults: compare against XLA as shipped (every benchmark has it)."""
+    parser.add_argument(
+        "--no_xla_defaults",
+        action="store_true",
+        help="leave out the project's default XLA:CPU flags (utils/xla_cpu.py)",
+    )
 
 
 def _cpu_model() -> str:
