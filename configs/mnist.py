@@ -77,6 +77,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.encoder.learning_rate = 3e-3  # Adam peak lr (cosine decay after warm-up)
     c.encoder.warmup_steps = 100  # linear warm-up steps
     c.encoder.checkpoint = ""  # "" = train once into <cache_dir>/encoder/<hash>, reuse
+    # A pretrained DINOv2 (Hugging Face directory or .safetensors file) instead of training
+    # one here; the architecture fields above are then unused. See README "Your own images".
+    c.encoder.pretrained = ""
+    c.encoder.input_size = 224  # pretrained only: images resized to this (multiple of 14)
     c.encoder.log_every = 100  # steps between progress lines
 
     # --- episodes and pair filtering ----------------------------------------------------

@@ -122,11 +122,15 @@ def load_or_train_encoder(
 ) -> EncoderBundle:
     """The frozen encoder for `config`: an explicit checkpoint, the cached one, or a new one.
 
+    `config.encoder.pretrained` non-empty: load that DINOv2 checkpoint (nothing trained).
     `config.encoder.checkpoint` non-empty: load it (architecture must match the config).
     Otherwise look in `encoder_dir(config)`; train there if missing.
     """
     from semantica_jax.encoder import train as encoder_train
 
+    if config.encoder.get("pretrained"):
+        log(f"encoder: pretrained DINOv2 from {config.encoder.pretrained}")
+        return encoder_bundle.pretrained_bundle(config)
     vit = ViTConfig.from_config(config.encoder, config.data.image_size, config.data.channels)
     if config.encoder.checkpoint:
         return encoder_bundle.load_encoder(config.encoder.checkpoint, expected=vit)
@@ -141,6 +145,15 @@ def load_or_train_encoder(
     except FileExistsError:
         # Another process finished the same encoder first: use theirs.
         return encoder_bundle.load_encoder(directory, expected=vit)
+
+
+def encoder_token_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
+    """(T, D) of the encoder tokens `config` conditions on, without training anything."""
+    if config.encoder.get("pretrained"):
+        arch = encoder_bundle.pretrained_bundle(config).model.config
+        return arch.num_tokens, arch.width
+    vit = ViTConfig.from_config(config.encoder, config.data.image_size, config.data.channels)
+    return vit.num_tokens, vit.width
 
 
 def load_encoder(config: ml_collections.ConfigDict) -> EncoderBundle:

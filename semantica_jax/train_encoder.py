@@ -23,6 +23,7 @@ from semantica_jax import workdir as run_dir
 from semantica_jax.encoder import bundle as encoder_bundle
 from semantica_jax.encoder import train as encoder_train
 from semantica_jax.encoder.evaluate import evaluate_encoder, save_cosine_histogram
+from semantica_jax.errors import UserError
 from semantica_jax.models.vit import ViTConfig
 from semantica_jax.utils import atomic_files
 
@@ -48,6 +49,11 @@ def run_encoder_job(
 ) -> dict:
     """Trains (or reuses WORKDIR/encoder) and evaluates; returns the evaluation report."""
     validate_encoder_config(config.encoder)
+    if config.encoder.get("pretrained"):
+        raise UserError(
+            f"config.encoder.pretrained={config.encoder.pretrained} is a pretrained encoder: "
+            "there is nothing to train; run --mode=train (or clear encoder.pretrained)"
+        )
     workdir = os.path.abspath(workdir)
     train_images, train_labels = assets.load_split(config, config.data.train_split)
     vit = ViTConfig.from_config(config.encoder, config.data.image_size, config.data.channels)

@@ -26,7 +26,7 @@ from semantica_jax.utils import atomic_files, checkpointing
 # Bump when a code change alters what training produces, so cached encoders are not reused.
 ENCODER_FORMAT = 1
 # encoder fields that do not change the trained weights (excluded from the cache key).
-_NON_WEIGHT_FIELDS = ("checkpoint", "log_every")
+_NON_WEIGHT_FIELDS = ("checkpoint", "log_every", "pretrained", "input_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +46,31 @@ class EncoderBundle:
     path: str
     key: str
     params_hash: str
+
+
+def pretrained_bundle(config: ml_collections.ConfigDict) -> EncoderBundle:
+    """The frozen DINOv2 of `config.encoder.pretrained` (a local Hugging Face checkpoint).
+
+    Its key (which names the embedding cache) hashes the weights' values, the input size and
+    the data the images come from, so another checkpoint or size never reuses embeddings.
+    """
+    from semantica_jax.models import dinov2
+
+    arch, params = dinov2.load_pretrained(
+        config.encoder.pretrained,
+        input_size=int(config.encoder.get("input_size", 224)),
+        image_size=int(config.data.image_size),
+        data_channels=int(config.data.channels),
+    )
+    params_hash = hash_params(params)
+    identity = {
+        "format": ENCODER_FORMAT,
+        "pretrained": params_hash,
+        "architecture": dataclasses.asdict(arch),
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    path = os.path.abspath(os.path.expanduser(config.encoder.pretrained))
+    return EncoderBundle(arch.module(), params, path, key, params_hash)
 
 
 def hash_params(params: Any) -> str:

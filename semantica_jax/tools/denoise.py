@@ -189,15 +189,15 @@ def denoise(
 def null_cond(config, batch: int) -> dict[str, np.ndarray]:
     """Zero conditioning of the encoder's shapes (the model replaces it when dropped).
 
-    Shapes come from the config's encoder section, so the null mode needs no encoder.
+    Shapes come from the config's encoder section, so the null mode needs no trained
+    encoder (a pretrained one is read for its architecture).
     """
-    from semantica_jax.models.vit import ViTConfig
+    from semantica_jax import assets
 
-    vit = ViTConfig.from_config(config.encoder, config.data.image_size, config.data.channels)
-    num_tokens = (vit.image_size // vit.patch_size) ** 2
+    num_tokens, width = assets.encoder_token_shape(config)
     return {
-        "tokens": np.zeros((batch, num_tokens, vit.width), np.float32),
-        "cls": np.zeros((batch, vit.width), np.float32),
+        "tokens": np.zeros((batch, num_tokens, width), np.float32),
+        "cls": np.zeros((batch, width), np.float32),
     }
 
 
