@@ -13,6 +13,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from semantica_jax import conditioning
 from semantica_jax.diffusion import samplers, schedules
 from semantica_jax.models import uvit
 
@@ -68,17 +69,29 @@ class DecoderApply:
     model: uvit.UViT
 
     def prepare(self, params, cond, guided: bool, null_only: bool = False):
-        """cond {'tokens' [B,T,D], 'cls' [B,D]} -> the step's cache for B (or 2B: cond, null).
+        """cond -> the step's cache for B (or 2B: cond, then null or negative).
 
+        cond: {'tokens' [B,T',D], 'cls' [B,D]}, optionally 'token_logw' [B,T'] and
+          'negative' {'tokens', 'cls'} (see conditioning.py).
         null_only: every row gets the null condition (the unconditional branch alone).
         """
         tokens, cls = cond["tokens"], cond["cls"]
         b = tokens.shape[0]
+        keep = jnp.zeros((b,), bool)
         null = self._condition(params, tokens[:1], cls[:1], jnp.ones((1,), bool))
         null = jax.tree.map(lambda n: jnp.broadcast_to(n, (b, *n.shape[1:])), null)
-        cache = null if null_only else self._condition(params, tokens, cls, jnp.zeros((b,), bool))
+        cache = null if null_only else self._condition(params, tokens, cls, keep)
+        logw = None if null_only else cond.get("token_logw")
+        if logw is not None:
+            cache = dict(cache, key_bias=jnp.asarray(logw, jnp.float32))
         if not guided:
             return cache
+        negative = cond.get("negative")
+        if negative is not None:  # steer away from this condition instead of the null
+            neg_tokens = conditioning.match_tokens(negative["tokens"], tokens.shape[1])
+            null = self._condition(params, neg_tokens, negative["cls"], keep)
+        if logw is not None:
+            null = dict(null, key_bias=jnp.zeros_like(cache["key_bias"]))
         return jax.tree.map(lambda c, n: jnp.concatenate([c, n], axis=0), cache, null)
 
     def _condition(self, params, tokens, cls, drop_cond):
@@ -99,16 +112,28 @@ def make_variation_fn(config, model: uvit.UViT | None = None, **sampler_override
 
     Returns:
       `fn(params, cond_tokens [B,T,D], cond_cls [B,D], rng, guidance, t_start=1.0,
-      x_start=None) -> images [B,H,W,C]` in [-1,1]. Both guidance branches run in one
-      doubled batch; `guidance` and `t_start` are traced. `t_start < 1` with `x_start`
-      [B,H,W,C] in [-1,1] starts part-way from the noised x_start (SDEdit).
+      x_start=None, token_logw=None, negative=None) -> images [B,H,W,C]` in [-1,1].
+      Both guidance branches run in one doubled batch; `guidance` and `t_start` are
+      traced. `t_start < 1` with `x_start` [B,H,W,C] in [-1,1] starts part-way from the
+      noised x_start (SDEdit). `token_logw` [B,T] and `negative` {'tokens','cls'} are the
+      controls of conditioning.py (traced values: a new alpha never recompiles).
     """
     apply_fn = DecoderApply(model or build_model(config))
     settings = SamplerSettings.from_config(config, **sampler_overrides)
     logsnr_fn = training_logsnr_fn(config)
     shape_hw = (config.data.image_size, config.data.image_size, config.data.channels)
 
-    def fn(params, cond_tokens, cond_cls, rng, guidance, t_start=1.0, x_start=None):
+    def fn(
+        params,
+        cond_tokens,
+        cond_cls,
+        rng,
+        guidance,
+        t_start=1.0,
+        x_start=None,
+        token_logw=None,
+        negative=None,
+    ):
         sampler = samplers.make_sampler(
             apply_fn,
             (cond_tokens.shape[0], *shape_hw),
@@ -124,6 +149,10 @@ def make_variation_fn(config, model: uvit.UViT | None = None, **sampler_override
             "tokens": jnp.asarray(cond_tokens, jnp.float32),
             "cls": jnp.asarray(cond_cls, jnp.float32),
         }
+        if token_logw is not None:
+            cond["token_logw"] = jnp.asarray(token_logw, jnp.float32)
+        if negative is not None:
+            cond["negative"] = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), negative)
         return sampler(params, cond, rng, guidance, t_start, x_start)
 
     return fn

@@ -176,12 +176,14 @@ class Attention(nn.Module):
         context: jax.Array | None = None,
         *,
         capture: bool = False,
-        kv: tuple[jax.Array, jax.Array] | None = None,
+        kv: tuple[jax.Array, ...] | None = None,
         kv_only: bool = False,
     ) -> Any:
         """x [B, N, width], context [B, T, width] | None -> [B, N, width].
 
-        kv: precomputed (k, v) of `context`, each [B, T, heads, head_dim] (context unused).
+        kv: precomputed (k, v) of `context`, each [B, T, heads, head_dim] (context unused),
+          or (k, v, key_bias) with key_bias [B, T] added to every query's logits: log
+          attention weights per context token (conditioning.py's blends; 0 = plain).
         kv_only: return (k, v) of `context` and nothing else (x unused).
         """
         head_dim = self.width // self.heads
@@ -200,12 +202,13 @@ class Attention(nn.Module):
             kv = (project(kv_input, "key", use_bias=False), project(kv_input, "value"))
         if kv_only:
             return kv
-        k, v = kv
+        k, v, *key_bias = kv
+        bias = key_bias[0][:, None, None, :].astype(k.dtype) if key_bias else None
         q = project(x, "query")
         if capture:
             for name, a in (("q", q), ("k", k), ("v", v)):
                 self.sow("intermediates", name, a.transpose(0, 2, 1, 3))
-        out = jax.nn.dot_product_attention(q, k, v)  # [B, N, heads, head_dim]
+        out = jax.nn.dot_product_attention(q, k, v, bias=bias)  # [B, N, heads, head_dim]
         return nn.DenseGeneral(
             self.width, axis=(-2, -1), dtype=self.dtype, kernel_init=zeros_init, name="out"
         )(out)
@@ -322,7 +325,9 @@ class ContextProjection(nn.Module):
 
     context = Dense(LN(cond_tokens)); examples with drop_cond get the learned null
     sequence [T, width] instead (after projection, so the null does not pass through the
-    encoder-token statistics). T is fixed at init by the tokens seen then.
+    encoder-token statistics). T is fixed at init by the tokens seen then; conditions of
+    n * T tokens (several reference images, conditioning.py) get the null tiled n times,
+    which attention treats exactly as the null itself (duplicated keys with equal values).
     """
 
     width: int
@@ -333,7 +338,17 @@ class ContextProjection(nn.Module):
         """cond_tokens [B, T, D], drop_cond [B] bool -> context [B, T, width]."""
         c = nn.LayerNorm(dtype=self.dtype, name="norm")(cond_tokens)
         c = nn.Dense(self.width, dtype=self.dtype, name="proj")(c)
-        null = self.param(
-            "null_context", nn.initializers.normal(1.0), (cond_tokens.shape[1], self.width)
-        )
+        if self.has_variable("params", "null_context"):  # T as at init, whatever T' is now
+            null = self.get_variable("params", "null_context")
+        else:
+            null = self.param(
+                "null_context", nn.initializers.normal(1.0), (cond_tokens.shape[1], self.width)
+            )
+        if null.shape[0] != cond_tokens.shape[1]:
+            if cond_tokens.shape[1] % null.shape[0]:
+                raise ValueError(
+                    f"{cond_tokens.shape[1]} condition tokens are not a whole number of "
+                    f"reference images of {null.shape[0]} tokens"
+                )
+            null = jnp.tile(null, (cond_tokens.shape[1] // null.shape[0], 1))
         return jnp.where(drop_cond[:, None, None], null.astype(c.dtype)[None], c)

@@ -328,7 +328,8 @@ class UViT(nn.Module):
           capture_attention: sow self-attention Q/K/V into 'intermediates'.
           cond_cache: what `condition` returned for these conditions (then cond_tokens,
             cond_cls and drop_cond are unused): the noise-independent part is not
-            recomputed. Same output as passing the conditions.
+            recomputed. Same output as passing the conditions. An optional 'key_bias'
+            [B, T] adds per-token log weights to every cross-attention (blends).
           condition_only: return the cache instead (z_t and logsnr unused); prefer
             `condition`.
 
@@ -391,6 +392,9 @@ class UViT(nn.Module):
             emb = embedding(logsnr, None, None, cls_term=cond_cache["cls_term"])
             contexts = {k: None for k in conditioned}
             kv = cond_cache["kv"]
+            if cond_cache.get("key_bias") is not None:  # per-token log weights (blends)
+                bias = cond_cache["key_bias"]
+                kv = {name: tuple((*b, bias) for b in blocks) for name, blocks in kv.items()}
 
         # Stem.
         h = z_t.astype(dtype)

@@ -12,6 +12,7 @@ input images (`load_inputs`).
 
 from __future__ import annotations
 
+import functools
 import logging as py_logging
 import os
 import sys
@@ -23,7 +24,7 @@ from absl import flags
 from absl import logging as absl_logging
 
 from semantica_jax.errors import UserError, fail
-from semantica_jax.utils import xla_cpu
+from semantica_jax.utils import digits, xla_cpu
 
 _HELP = ("--help", "-h", "--helpshort", "--helpfull", "-?")
 # Output grids are upscaled in memory: 32x of a 28 px grid is already ~900 px per digit.
@@ -234,13 +235,55 @@ def _check_writable_ancestor(path: str, flag: str) -> None:
         raise UserError(f"{flag}={path}: {parent} is not writable; choose another path")
 
 
-def load_inputs(paths: list[str], image_size: int, channels: int, log: Log | None = None):
+PREPROCESS_CHOICES = ("mnist", "none")
+
+
+def input_defaults(config, invert: str, preprocess: str) -> tuple[str, str]:
+    """The tools' --invert/--preprocess resolved for a run: 'default' means auto and mnist
+    for an MNIST-trained run, no and none otherwise."""
+    mnist = config.data.dataset == "mnist" and int(config.data.channels) == 1
+    return (
+        ("auto" if mnist else "no") if invert == "default" else invert,
+        ("mnist" if mnist else "none") if preprocess == "default" else preprocess,
+    )
+
+
+def define_input_flags() -> dict[str, Any]:
+    """--invert and --preprocess, shared by the tools that read user images."""
+    return dict(
+        invert=flags.DEFINE_enum(
+            "invert",
+            "default",
+            ["default", *digits.INVERT_CHOICES],
+            "auto: invert an image whose border is brighter than its centre (dark ink on "
+            "white), with a note; yes | no. default: auto for MNIST-trained runs, else no.",
+        ),
+        preprocess=flags.DEFINE_enum(
+            "preprocess",
+            "default",
+            ["default", *PREPROCESS_CHOICES],
+            "mnist: size-normalise the digit to 20x20 and centre its centre of mass in 28x28 "
+            "as MNIST does; none: only resize. default: mnist for MNIST-trained runs.",
+        ),
+    )
+
+
+def load_inputs(
+    paths: list[str],
+    image_size: int,
+    channels: int,
+    log: Log | None = None,
+    invert: str = "no",
+    preprocess: str = "none",
+):
     """Reads user images converted to the model's size and colour.
 
     Args:
       paths: PNG/JPEG/.npy files (see `image_io.load_image`).
       image_size: S; channels: C of the model.
       log: `log(str)` for conversion notes; default prints `note: ...` on stderr.
+      invert: 'auto' (invert when the border is brighter than the centre) | 'yes' | 'no'.
+      preprocess: 'mnist' (centre the digit as MNIST does; 1-channel models) | 'none'.
 
     Returns:
       uint8 [N, S, S, C].
@@ -253,10 +296,21 @@ def load_inputs(paths: list[str], image_size: int, channels: int, log: Log | Non
     log = log or stderr_log
     if not paths:
         raise UserError("no input image; pass --image=PATH (repeat it for several)")
+    if invert not in digits.INVERT_CHOICES:
+        raise UserError(f"--invert must be one of {', '.join(digits.INVERT_CHOICES)}")
+    if preprocess not in PREPROCESS_CHOICES:
+        raise UserError(f"--preprocess must be one of {', '.join(PREPROCESS_CHOICES)}")
+    if preprocess == "mnist" and int(channels) != 1:
+        raise UserError("--preprocess=mnist centres grey digits; this run is RGB: use none")
+    transform = None
+    if invert != "no" or preprocess == "mnist":
+        transform = functools.partial(
+            digits.prepare, invert=invert, centre=preprocess == "mnist", size=int(image_size)
+        )
     images = []
     for path in paths:
         try:
-            image, note = image_io.load_image(path, int(image_size), int(channels))
+            image, note = image_io.load_image(path, int(image_size), int(channels), transform)
         except image_io.ImageReadError as err:
             raise UserError(str(err)) from err
         if note:

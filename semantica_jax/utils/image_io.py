@@ -87,7 +87,9 @@ def _read(path: str) -> tuple[Image.Image, list[str]]:
     return image, notes
 
 
-def load_image(path: str, image_size: int, channels: int) -> tuple[np.ndarray, str | None]:
+def load_image(
+    path: str, image_size: int, channels: int, transform=None
+) -> tuple[np.ndarray, str | None]:
     """Reads an image file and converts it to the model's size and colour.
 
     Args:
@@ -96,6 +98,8 @@ def load_image(path: str, image_size: int, channels: int) -> tuple[np.ndarray, s
       image_size: S of the output (resized to S x S with antialiasing; no cropping, so a
         non-square image is squashed: the note says so).
       channels: 1 (grey) or 3 (RGB).
+      transform: optional `transform(uint8 [H, W, channels]) -> (uint8 [h, w, c], note)`
+        applied at the file's own resolution before the resize (tools' digit preparation).
 
     Returns:
       (uint8 [S, S, channels], note) where note describes any conversion, or None.
@@ -115,6 +119,12 @@ def load_image(path: str, image_size: int, channels: int) -> tuple[np.ndarray, s
             background = Image.new("RGBA", image.size, (0, 0, 0, 255))
             image = Image.alpha_composite(background, image.convert("RGBA"))
         image = image.convert(mode)
+    if transform is not None:
+        array = np.asarray(image, np.uint8).reshape(image.height, image.width, channels)
+        array, note = transform(array)
+        if note:
+            notes.append(note)
+        image = Image.fromarray(array[..., 0] if channels == 1 else array, mode=mode)
     if image.size != (image_size, image_size):
         image = image.resize((image_size, image_size), Image.Resampling.LANCZOS)
     converted = f"{image.width}x{image.height} {image.mode}"
