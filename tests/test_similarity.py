@@ -27,6 +27,8 @@ def test_similarity_cli(tmp_path, run_tool, config_vit, make_bundle, random_digi
         f"--config={ROOT}/configs/mnist.py:tiny",
         f"--config.cache_dir={tmp_path}",
         f"--config.encoder.checkpoint={enc_dir}",
+        "--invert=no",  # noise images, not digits: compared exactly as read
+        "--preprocess=none",
     ]
 
     bad = run_tool("similarity", paths[0], str(tmp_path / "corrupt.png"), *flags)
@@ -76,13 +78,15 @@ def test_pixel_and_ssim_scores(random_digits):
 
 
 def _run(capsys, *argv: str):
+    """The tool in-process on the images as read (no digit inversion or centring, which
+    tests/test_sample.py covers), so its numbers compare with the library's."""
     from absl import flags
 
     from semantica_jax.tools import similarity
 
     before = set(flags.FLAGS)
     try:
-        similarity.run(["similarity", *argv])
+        similarity.run(["similarity", "--invert=no", "--preprocess=none", *argv])
     finally:
         for name in set(flags.FLAGS) - before:
             delattr(flags.FLAGS, name)

@@ -227,6 +227,8 @@ def denoise_image(
     kind: str = "",
     cache_dir: str = "",
     scale: int = 1,
+    invert: str = "default",
+    preprocess: str = "default",
     log=None,
 ) -> tuple[str, dict[str, float]]:
     """The whole tool: noise (or take) an image, restore it, write the 3-panel PNG.
@@ -243,6 +245,8 @@ def denoise_image(
       kind: 'ddpm' | 'ddim'; "" = the run's sampler.kind.
       cache_dir: encoder cache ("self" only); "" = the run's.
       scale: integer upscaling of the PNG.
+      invert, preprocess: see `cli.load_inputs`; 'default' is no/none here (the input is
+        restored and scored as given; noise would also fool the automatic inversion).
       log: `log(str)` sink; default stderr.
 
     Returns:
@@ -260,7 +264,17 @@ def denoise_image(
     config = run_dir.load_config(workdir, cache_dir)
     schedule = decoder.training_logsnr_fn(config)
     level = noise_level(noise_std, schedule)
-    inputs = cli.load_inputs([image_path], config.data.image_size, config.data.channels, log)
+    # The MSE is against the input as given: no conversion unless asked for.
+    invert = "no" if invert == "default" else invert
+    preprocess = "none" if preprocess == "default" else preprocess
+    inputs = cli.load_inputs(
+        [image_path],
+        config.data.image_size,
+        config.data.channels,
+        log,
+        invert=invert,
+        preprocess=preprocess,
+    )
     params, step = run_dir.restore_ema_params(workdir)
     settings = decoder.SamplerSettings.from_config(config, **overrides)
 
@@ -315,6 +329,7 @@ def _define_flags():
 
     return dict(
         cli.define_workdir_flags("Integer upscaling of the PNG."),
+        **cli.define_input_flags(),
         image=flags.DEFINE_string("image", None, "Input image (PNG/JPEG/.npy)."),
         noise=flags.DEFINE_float(
             "noise", 0.5, "Noise std s of y = x + s*n in the [-1, 1] image range."
@@ -345,6 +360,8 @@ def run(argv: list[str] | None = None) -> None:
             kind=f["kind"],
             cache_dir=f["cache_dir"],
             scale=f["scale"],
+            invert=f["invert"],
+            preprocess=f["preprocess"],
         )
     if "mse_restored" in metrics:
         print(

@@ -267,9 +267,9 @@ def make_variations(
         invert=invert,
         preprocess=preprocess,
     )
+    params, step = run_dir.restore_ema_params(workdir)
     inputs = read(image_paths)
     negative_image = read([negative]) if negative else None
-    params, step = run_dir.restore_ema_params(workdir)
     bundle = assets.load_or_train_encoder(config, log)
     cond_tokens, cond_cls = encode(bundle, inputs)
     rows = build_rows(

@@ -28,7 +28,9 @@ files (every .png/.jpg/.jpeg/.npy in the folder), and --out receives one PNG row
 (query | nearest first), written atomically. DiffSim computes each image's Q/K/V once.
 
 Inputs of any size/colour are converted to the model's image size and channels (a note on
-stderr says so). Bad input (an unreadable image, a missing workdir, an unknown block, a
+stderr says so); for MNIST-trained configs dark-on-white digits are inverted and every digit
+is centred as MNIST does (--invert, --preprocess; see tools/sample.py). Bad input (an
+unreadable image, a missing workdir, an unknown block, a
 non-finite --logsnr, --top < 1, an empty gallery, a diffsim method without --workdir) is one
 `error:` line and exit status 2, and nothing is written. The encoder is the cached one of
 the config (trained on first use if absent; see assets.py).
@@ -37,6 +39,7 @@ the config (trained on first use if absent; see assets.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from typing import Any
@@ -91,6 +94,8 @@ class Options:
     top: int = 5
     out: str = "retrieval.png"
     scale: int = 1
+    invert: str = "default"
+    preprocess: str = "default"
 
 
 def check_options(options: Options) -> None:
@@ -173,10 +178,23 @@ def compare_files(config, paths: list[str], options: Options, log: cli.Log) -> n
     """The [N, N] similarity matrix of image files under `options.method`."""
     if len(paths) < 2:
         raise UserError("give at least two images: similarity A B [C ...]")
-    images = cli.load_inputs(paths, config.data.image_size, config.data.channels, log)
+    images = _read_inputs(config, options, log)(paths)
     models = load_models(config, options)
     return similarity_lib.similarity_matrix_of(
         options.method, images, settings=_settings_for(options), log=log, **models
+    )
+
+
+def _read_inputs(config, options: Options, log: cli.Log):
+    """paths -> uint8 [N, S, S, C] at the config's size, with --invert/--preprocess."""
+    invert, preprocess = cli.input_defaults(config, options.invert, options.preprocess)
+    return functools.partial(
+        cli.load_inputs,
+        image_size=config.data.image_size,
+        channels=config.data.channels,
+        log=log,
+        invert=invert,
+        preprocess=preprocess,
     )
 
 
@@ -202,9 +220,8 @@ def retrieve(config, queries: list[str], options: Options, log: cli.Log) -> Retr
     if not queries:
         raise UserError("give at least one query image: similarity Q [Q ...] --gallery=DIR")
     gallery = gallery_files(options.gallery)
-    size, channels = config.data.image_size, config.data.channels
-    query_images = cli.load_inputs(queries, size, channels, log)
-    gallery_images = cli.load_inputs(gallery, size, channels, log)
+    read = _read_inputs(config, options, log)
+    query_images, gallery_images = read(queries), read(gallery)
     top = min(options.top, len(gallery))
     if top < options.top:
         log(f"note: the gallery holds {len(gallery)} images; showing {top} per query")
@@ -244,6 +261,7 @@ def _define_flags():
     from ml_collections import config_flags
 
     return dict(
+        **cli.define_input_flags(),
         config=config_flags.DEFINE_config_file(
             "config",
             DEFAULT_CONFIG,

@@ -86,7 +86,7 @@ def prepare(image: np.ndarray, *, invert: str, centre: bool, size: int) -> tuple
 
     invert: 'auto' | 'yes' | 'no'. centre: size-normalise and centre (grey output
     [size, size, 1]); without it the image keeps its size and channels (only inverted).
-    The note says what was done ("" when nothing).
+    The note says whether it was inverted ("" when not).
     """
     notes = []
     flip = should_invert(image, invert)
@@ -98,7 +98,6 @@ def prepare(image: np.ndarray, *, invert: str, centre: bool, size: int) -> tuple
             if invert == "auto"
             else "inverted (--invert=yes)"
         )
-    if centre:
+    if centre:  # the documented default of MNIST runs: no note for every input
         image = mnist_centre(luminance(image), size)
-        notes.append(f"digit centred in {size}x{size} as MNIST (--preprocess=none keeps it)")
     return image, "; ".join(notes)
