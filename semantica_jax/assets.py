@@ -95,9 +95,18 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarra
       (images uint8 [N, S, S, C], labels int32 [N]; -1 where the dataset has no labels).
     """
     # Imported here: it pulls in TensorFlow Datasets, which tools that only encode avoid.
-    from semantica_jax.data import mnist
+    from semantica_jax.data import folder, mnist
 
     data = config.data
+    if folder.is_folder_dataset(data.dataset):
+        return folder.load_split(
+            data.dataset,
+            split,
+            data_dir(config),
+            data.image_size,
+            data.channels,
+            max_examples=data.max_examples,
+        )
     return mnist.load_split(
         data.dataset,
         split,

@@ -77,6 +77,11 @@ def validate_config(config) -> None:
             raise ValueError(f"config.{name}={value!r}: choose one of {', '.join(allowed)}")
     if not 0.0 <= config.sampler.gamma <= 1.0:
         raise ValueError(f"config.sampler.gamma={config.sampler.gamma} must be in [0, 1]")
+    if config.episodes.kind == "folder" and not str(config.data.dataset).startswith("folder:"):
+        raise ValueError(
+            f"config.episodes.kind=folder groups a folder dataset's sub-folders, but "
+            f"data.dataset={config.data.dataset!r}; use data.dataset=folder:PATH or another kind"
+        )
 
 
 def _model_apply(model):

@@ -6,6 +6,8 @@ duplicates: low < cos(cls_cond, cls_target) < high (seed 002 §5, App. C; METHOD
 On MNIST an episode stands in for a web page. Kinds:
 
 - `label`:  one episode per class.
+- `folder`: one episode per sub-folder of a `folder:PATH` dataset (data/folder.py stores the
+  sub-folder index as the label): the paper's web pages, as the user grouped them.
 - `kmeans`: one episode per k-means cluster of the L2-normalised CLS embeddings
   (unsupervised; k-means++ init then Lloyd iterations, deterministic from the seed).
 - `pages`:  simulated web pages of `page_size` images, each mostly of one class plus a
@@ -25,7 +27,7 @@ import numpy as np
 from semantica_jax.utils import atomic_files
 from semantica_jax.utils.cosine import l2_normalize
 
-EPISODE_KINDS = ("label", "kmeans", "pages", "self")
+EPISODE_KINDS = ("label", "folder", "kmeans", "pages", "self")
 FILTER_MODES = ("quantile", "absolute")
 
 # Independent random streams of one seed, so that e.g. changing pairs_per_image does not
@@ -262,7 +264,7 @@ def build_episodes(
     """Groups image indices into episodes.
 
     Args:
-      kind: label | kmeans | pages | self.
+      kind: label | folder | kmeans | pages | self.
       cls: CLS embeddings [N,D] (used by kmeans).
       labels: int [N] (used by label and pages).
       cfg: the `episodes` config section (or an EpisodeConfig).
@@ -278,7 +280,7 @@ def build_episodes(
         raise ValueError(f"cls must be [N,D] with N = len(labels) = {n}; got {cls.shape}")
     if kind == "self":
         return [np.array([i]) for i in range(n)]
-    if kind == "label":
+    if kind in ("label", "folder"):  # a folder dataset's label is its sub-folder
         groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     elif kind == "kmeans":
         assign, _ = kmeans(

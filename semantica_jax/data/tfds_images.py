@@ -203,6 +203,9 @@ def load_tfds_images(
     stored_shape = tuple(features["image"].shape)
     needs_resize = stored_shape != (image_size, image_size, channels)
 
+    if max_examples and "[" not in split and "+" not in split:
+        # A limit above the split's size keeps the whole split (a small user folder).
+        max_examples = min(max_examples, builder.info.splits[split].num_examples)
     split = split_with_limit(split, max_examples)
     total = builder.info.splits[split].num_examples
     ds = builder.as_dataset(split=split, shuffle_files=False)

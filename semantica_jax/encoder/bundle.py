@@ -86,8 +86,15 @@ def hash_params(params: Any) -> str:
 
 def encoder_identity(config: ml_collections.ConfigDict) -> dict:
     """What determines the trained weights: encoder section, data identity, seed, format."""
+    from semantica_jax.data import folder
+
     section = {k: v for k, v in config.encoder.to_dict().items() if k not in _NON_WEIGHT_FIELDS}
+    extra = {}
+    if folder.is_folder_dataset(config.data.dataset):  # its content, not only its path
+        listing = folder.scan(folder.folder_path(config.data.dataset))
+        extra["folder"] = folder.fingerprint(listing, config.data.image_size, config.data.channels)
     return {
+        **extra,
         "format": ENCODER_FORMAT,
         "encoder": section,
         "dataset": config.data.dataset,
