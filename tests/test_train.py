@@ -421,3 +421,58 @@ def test_no_usable_checkpoint_left_is_one_error_line(tiny_run, session_cache, tm
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "no usable checkpoint" in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+def _mount_tmpfs(path, size) -> bool:
+    """Mounts a tmpfs of `size` at `path` (root in a container can); False when it cannot."""
+    os.makedirs(path, exist_ok=True)
+    try:
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
+
+
+def test_full_disk_is_one_line_and_loses_nothing(
+    reference_run, session_cache, tmp_path, run_main, main_args, main_env
+):
+    """A disk that fills mid-save: one `error:` line (no Orbax tracebacks), exit 1, the last
+    complete checkpoint kept; after moving to a disk with space, the run finishes with the
+    uninterrupted run's exact parameters."""
+    import shutil
+
+    from semantica_jax.utils import checkpointing
+
+    disk = tmp_path / "small_disk"
+    if not _mount_tmpfs(disk, "1200k"):
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        proc = subprocess.run(
+            main_args(str(disk / "run"), session_cache, *RESUME_OVERRIDES),
+            cwd=ROOT,
+            env=main_env(1),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "no space left on device" in errors[0]
+        assert "Traceback" not in proc.stderr
+        kept = checkpointing.finished_steps(str(disk / "run" / "checkpoints"))
+        assert kept and kept[-1] < 80
+        moved = tmp_path / "bigger_disk"
+        shutil.copytree(disk / "run", moved)
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True, timeout=30)
+    run_main(str(moved), session_cache, *RESUME_OVERRIDES)
+    summary = json.load(open(moved / "summary.json"))
+    assert summary["start_step"] == kept[-1] and summary["final_step"] == 80
+    expected, _ = restore(reference_run, "ema_params")
+    got, _ = restore(str(moved), "ema_params")
+    for k in expected:
+        np.testing.assert_array_equal(got[k], expected[k], err_msg=k)

@@ -23,7 +23,7 @@ import numpy as np
 from absl import flags
 from absl import logging as absl_logging
 
-from semantica_jax.errors import UserError, fail
+from semantica_jax.errors import UserError, disk_full, fail, is_no_space_text
 from semantica_jax.utils import digits, xla_cpu
 
 _HELP = ("--help", "-h", "--helpshort", "--helpfull", "-?")
@@ -82,6 +82,10 @@ def quiet_library_logs() -> None:
     """Jobs: INFO lines of our code and clu (progress, ETA); libraries from WARNING up."""
 
     def keep(record: py_logging.LogRecord) -> bool:
+        if (record.exc_info and disk_full(record.exc_info[1]) is not None) or (
+            record.levelno >= py_logging.ERROR and is_no_space_text(str(record.msg))
+        ):
+            return False  # Orbax's threads log it with tracebacks; reported() says it once
         own = "semantica_jax" in record.pathname or "/clu/" in record.pathname
         # Python's WARNING (30): absl's logging.WARNING is its own scale (1), not a levelno.
         return own or record.levelno >= py_logging.WARNING
@@ -134,6 +138,7 @@ def start(
         fail(f"missing required flag(s) {', '.join(missing)}; see --help")
     rest = parse_flags_or_exit(argv, allow_args=allow_args)
     absl_logging.use_absl_handler()
+    sys.unraisablehook = _drop_closed_loop_callbacks
     if role == "job":
         quiet_library_logs()
     else:
@@ -149,6 +154,17 @@ def start(
             fail(f"--{name}: {reason}")
     values["args"] = rest[1:]
     return values
+
+
+def _drop_closed_loop_callbacks(unraisable) -> None:
+    """sys.unraisablehook: after an Orbax save fails (e.g. a full disk), TensorStore's
+    pending write callbacks find the save's event loop closed and each prints a traceback.
+    Those say nothing beyond the one error line `errors.reported` prints; the rest go to
+    the default hook."""
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _given(name: str, argv: list[str]) -> bool:
