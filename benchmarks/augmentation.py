@@ -235,7 +235,27 @@ def table_and_plot(result: dict, out: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for gen, rows in result["main"].items():
         for k, arms in rows.items():
-            cells = [f"{arms[a]['mean']:.4f} ± {arms[a]['std']:.4f}" for a in ARMS]
+            cells = [
+                f"{arms[a]['mean']:.4f} ± {arms[a]['std']:.4f}" if a in arms else "—" for a in ARMS
+            ]
+            lines.append(f"| {gen} | {k} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Paired differences (same subsets), mean ± std, and subsets where the variations helped:",
+        "",
+        "| generator | k | c − a (variations vs real) | d − b (both vs standard) |",
+        "|---|---|---|---|",
+    ]
+    for gen, rows in result["main"].items():
+        for k, arms in rows.items():
+            cells = []
+            for plus, base in (("c_variations", "a_real"), ("d_both", "b_standard")):
+                if plus not in arms or base not in arms:
+                    cells.append("—")
+                    continue
+                d = np.subtract(arms[plus]["values"], arms[base]["values"])
+                sd = float(d.std(ddof=1)) if len(d) > 1 else 0.0
+                cells.append(f"{d.mean():+.4f} ± {sd:.4f} ({int((d > 0).sum())}/{len(d)})")
             lines.append(f"| {gen} | {k} | " + " | ".join(cells) + " |")
     label_free = next(iter(result["main"]))
     ks = sorted(int(k) for k in result["main"][label_free])
