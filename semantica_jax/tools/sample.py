@@ -251,6 +251,8 @@ def make_variations(
         if combine:
             raise UserError("--mix and --combine are exclusive: pick one")
         alphas = _check_values("alpha", alpha or [0.0, 0.25, 0.5, 0.75, 1.0], 0.0, 1.0)
+        if image_paths:
+            log(f"note: --mix blends {mix[0]} and {mix[1]}; the --image inputs are not used")
         image_paths = list(mix)
     if not 0 <= seed < 2**32:
         raise UserError(f"--seed must be in [0, 2**32), got {seed}")
