@@ -304,6 +304,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=1000, help="classifier steps (every arm)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no_ablations", action="store_true")
+    p.add_argument(
+        "--ablations",
+        default=",".join(ABLATIONS),
+        help="comma-separated ablation names to run (default: all of ABLATIONS)",
+    )
     p.add_argument("--quick", action="store_true", help="k=1, one subset, tiny budgets")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.quick:
@@ -346,8 +351,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ]
             rows[str(k)] = {a: _stats([c[a] for c in cells]) for a in arms}
         result["main"][gen_name] = rows
+    chosen = [a.strip() for a in args.ablations.split(",") if a.strip()]
+    unknown = [a for a in chosen if a not in ABLATIONS]
+    if unknown:
+        p.error(f"unknown --ablations {unknown}; choose from {list(ABLATIONS)}")
     if not args.no_ablations:
-        for name, changes in ABLATIONS.items():
+        for name, changes in ((a, ABLATIONS[a]) for a in chosen):
             cells = [
                 arms_for(
                     args,
