@@ -98,16 +98,8 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarra
     from semantica_jax.data import folder, mnist
 
     data = config.data
-    if folder.is_folder_dataset(data.dataset):
-        return folder.load_split(
-            data.dataset,
-            split,
-            data_dir(config),
-            data.image_size,
-            data.channels,
-            max_examples=data.max_examples,
-        )
-    return mnist.load_split(
+    reader = folder if folder.is_folder_dataset(data.dataset) else mnist
+    return reader.load_split(
         data.dataset,
         split,
         data_dir(config),

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import glob
-import hashlib
 import json
 import os
 import re
@@ -306,16 +305,6 @@ def _checkpoint_files(path: str) -> tuple[list[str], str]:
     else:
         raise UserError(f"encoder.pretrained={path} does not exist; give a local checkpoint path")
     return files, config if os.path.isfile(config) else ""
-
-
-def checkpoint_hash(path: str) -> str:
-    """sha256 (hex, 16 chars) over the weight files' bytes: identifies the checkpoint."""
-    digest = hashlib.sha256()
-    for name in _checkpoint_files(os.path.abspath(path))[0]:
-        with open(name, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 def _strip_prefix(tensors: dict[str, np.ndarray], path: str) -> dict[str, np.ndarray]:
