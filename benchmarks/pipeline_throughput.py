@@ -20,6 +20,7 @@ import tempfile
 import time
 
 import numpy as np
+import tqdm
 
 # Run as a script from the repo root: make the `configs` package importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -73,22 +74,16 @@ def make_arrays(n: int, num_tokens: int, tmp_dir: str, seed: int) -> tuple:
 
 
 def time_batches(it: pipeline.Pipeline, num_batches: int, step_s: float, label: str) -> dict:
-    """Takes num_batches from `it`, sleeping step_s after each; prints progress + ETA."""
+    """Takes num_batches from `it`, sleeping step_s after each, with a tqdm progress bar."""
     next(it)  # start-up (thread start, first permutation) is not steady state
     waited = 0.0
-    start = last_print = time.perf_counter()
-    for i in range(1, num_batches + 1):
+    start = time.perf_counter()
+    for _ in tqdm.trange(num_batches, desc=f"  {label}", unit="batch"):
         t0 = time.perf_counter()
         next(it)
         waited += time.perf_counter() - t0
         if step_s:
             time.sleep(step_s)
-        now = time.perf_counter()
-        if now - last_print > 5.0 or i == num_batches:
-            rate = i / (now - start)
-            eta = (num_batches - i) / rate
-            print(f"  {label}: {i}/{num_batches} batches, {rate:.1f} batches/s, ETA {eta:.0f}s")
-            last_print = now
     elapsed = time.perf_counter() - start
     return {
         "batches_per_s": num_batches / elapsed,

@@ -54,6 +54,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -300,16 +301,14 @@ def score_chunk(scorers: Scorers, refs: np.ndarray, alternatives: np.ndarray) ->
     return {name: np.asarray(s, np.float32).reshape(shape) for name, s in out.items()}
 
 
-def score_all(scorers: Scorers, triplets: Triplets, chunk: int, log) -> dict[str, np.ndarray]:
+def score_all(scorers: Scorers, triplets: Triplets, chunk: int) -> dict[str, np.ndarray]:
     """Similarities [F, 2, n] of every method, in chunks of `chunk` references."""
-    n, parts, start = len(triplets.refs), [], time.perf_counter()
-    for begin in range(0, n, chunk):
+    n, parts = len(triplets.refs), []
+    for begin in tqdm.trange(0, n, chunk, desc="triplets", unit="chunk"):
         end = min(n, begin + chunk)
         parts.append(
             score_chunk(scorers, triplets.refs[begin:end], triplets.alternatives[:, :, begin:end])
         )
-        elapsed = time.perf_counter() - start
-        log(f"triplets {end}/{n}: {elapsed:.0f}s, ETA {elapsed / end * (n - end):.0f}s")
     return {name: np.concatenate([p[name] for p in parts], axis=2) for name in parts[0]}
 
 
@@ -534,7 +533,7 @@ def main(argv: list[str] | None = None) -> dict:
     scorers.seconds["setup"] = time.perf_counter() - start  # models (trained if uncached), data
     split = config.data.eval_split
     log(f"{n} triplets x {len(FAMILIES)} families from {len(images)} {split} images")
-    sims = score_all(scorers, triplets, args.chunk, log)
+    sims = score_all(scorers, triplets, args.chunk)
     command = ["python", "benchmarks/similarity_2afc.py", *(sys.argv[1:] if argv is None else argv)]
     report = {
         "benchmark": "similarity_2afc",

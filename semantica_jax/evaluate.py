@@ -26,11 +26,11 @@ from semantica_jax import assets, decoder
 from semantica_jax import workdir as run_dir
 from semantica_jax.encoder.encode import encode
 from semantica_jax.metrics import features, fewshot, variation
-from semantica_jax.utils import atomic_files, image_io, parallel
+from semantica_jax.utils import atomic_files, image_io, parallel, progress
 
 
 class Generator:
-    """Batched, jitted, device-sharded sampling of variations with progress and ETA."""
+    """Batched, jitted, device-sharded sampling of variations, progress through clu."""
 
     def __init__(self, config, params, data: assets.EmbeddedSplit, mesh):
         self.config, self.data, self.mesh = config, data, mesh
@@ -44,8 +44,10 @@ class Generator:
         """Samples one variation per entry of `cond_indices` -> float32 [M,H,W,C] in [-1,1]."""
         cond_indices = np.asarray(cond_indices)
         total, bs = len(cond_indices), self.batch_size
-        out, start = [], time.perf_counter()
-        sharding = parallel.batch_sharding(self.mesh)
+        out, sharding = [], parallel.batch_sharding(self.mesh)
+        report = progress.loop(
+            -(-total // bs), f"sampling w={guidance:g}: {total} images in batches of {bs}"
+        )
         for b, lo in enumerate(range(0, total, bs)):
             idx = cond_indices[lo : lo + bs]
             pad = bs - len(idx)  # the last batch is padded to keep one compiled shape
@@ -54,16 +56,7 @@ class Generator:
             cls = jax.device_put(np.asarray(self.data.cls[idx_full], np.float32), sharding)
             x = self.fn(self.params, tokens, cls, jax.random.fold_in(rng, b), jnp.float32(guidance))
             out.append(np.asarray(jax.device_get(x))[: len(idx)])
-            done = lo + len(idx)
-            rate = done / (time.perf_counter() - start)
-            logging.info(
-                "sampling w=%.2f: %d/%d images, %.1f images/s, ETA %.0f s",
-                guidance,
-                done,
-                total,
-                rate,
-                (total - done) / rate,
-            )
+            report(b + 1)
         return np.concatenate(out)
 
 

@@ -29,6 +29,7 @@ def test_cache_values_reuse_and_staleness(
         warn=logs.append,
     )
     assert sum(encode_calls) == 10
+    assert "embeddings: 10 images in batches of 4 (3 steps; progress every 10 s)" in logs
     assert isinstance(tokens, np.memmap) and tokens.dtype == np.float16
     assert tokens.shape == (10, 49, config_vit.width) and cls.dtype == np.float32
     want_tokens, want_cls = encode_lib.encode(bundle, images)

@@ -12,14 +12,12 @@ import importlib
 import importlib.util
 import os
 import sys
-import time
 from types import ModuleType
 
 import numpy as np
-from absl import logging
 
-# Print a progress line at most this often while reading a large split.
-_PROGRESS_EVERY_S = 10.0
+from semantica_jax.utils import progress
+
 # Examples per tf.data batch when reading a split into memory.
 _READ_BATCH = 4096
 
@@ -221,26 +219,14 @@ def load_tfds_images(
 
     ds = ds.map(to_pair, num_parallel_calls=tf.data.AUTOTUNE).batch(_READ_BATCH)
     images, labels = [], []
-    start = last_print = time.monotonic()
-    done = 0
-    for image_batch, label_batch in tfds.as_numpy(ds):
+    report = progress.loop(
+        -(-total // _READ_BATCH),
+        f"reading {dataset}:{split}: {total} images in batches of {_READ_BATCH}",
+    )
+    for step, (image_batch, label_batch) in enumerate(tfds.as_numpy(ds), 1):
         images.append(image_batch)
         labels.append(label_batch)
-        done += len(label_batch)
-        now = time.monotonic()
-        if now - last_print > _PROGRESS_EVERY_S:
-            last_print = now
-            rate = done / (now - start)
-            eta = (total - done) / max(rate, 1e-9)
-            logging.info(
-                "reading %s:%s: %d/%d images, %.0f img/s, ETA %.0f s",
-                dataset,
-                split,
-                done,
-                total,
-                rate,
-                eta,
-            )
+        report(step)
     if not images:
         empty = np.zeros((0, image_size, image_size, channels), np.uint8)
         return empty, np.zeros((0,), np.int32)

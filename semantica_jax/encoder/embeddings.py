@@ -30,7 +30,7 @@ from absl import logging
 
 from semantica_jax.encoder.bundle import EncoderBundle
 from semantica_jax.encoder.encode import iter_encode
-from semantica_jax.utils import atomic_files
+from semantica_jax.utils import atomic_files, progress
 
 Log = Callable[[str], None]
 
@@ -119,19 +119,15 @@ def _build(
             shape=(num, num_tokens, width),
         )
         cls = np.zeros((num, width), np.float32)
-        start_time, next_report = time.perf_counter(), 0.1
-        for start, tok, c in iter_encode(bundle, images, batch_size, with_tokens=True):
+        batch = max(1, min(batch_size, num))
+        report = progress.loop(
+            -(-num // batch), f"embeddings: {num} images in batches of {batch}", log=log
+        )
+        batches = iter_encode(bundle, images, batch_size, with_tokens=True)
+        for step, (start, tok, c) in enumerate(batches, 1):
             tokens[start : start + len(c)] = tok.astype(np.float16)
             cls[start : start + len(c)] = c
-            done = (start + len(c)) / max(num, 1)
-            if done >= next_report:
-                elapsed = time.perf_counter() - start_time
-                rate = (start + len(c)) / max(elapsed, 1e-9)
-                log(
-                    f"embeddings: {start + len(c)}/{num} images  {rate:.0f} images/s  "
-                    f"ETA {(num - start - len(c)) / max(rate, 1e-9):.0f}s"
-                )
-                next_report += 0.1
+            report(step)
         finite = bool(np.isfinite(tokens).all() and np.isfinite(cls).all())
         tokens.flush()
         del tokens

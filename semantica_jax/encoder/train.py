@@ -34,6 +34,7 @@ from semantica_jax.encoder.bundle import (
 )
 from semantica_jax.errors import NonFiniteError
 from semantica_jax.models.vit import ViTConfig, ViTEncoder, init_and_embed
+from semantica_jax.utils import progress
 from semantica_jax.utils.cosine import l2_normalize
 from semantica_jax.utils.image_io import to_model_range
 
@@ -141,11 +142,6 @@ def train_step(
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def _format_eta(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 def _check_training_data(images: np.ndarray, labels: np.ndarray | None, objective: str) -> None:
     if objective not in ("contrastive", "simclr"):
         raise ValueError(
@@ -210,14 +206,10 @@ def train_encoder(
     train_rng = jax.random.fold_in(root, 1)
     log_every = max(1, int(cfg_encoder.log_every))
     start = time.perf_counter()
-    rate_start, rate_step = start, 0
+    report = progress.loop(num_steps, "encoder training", log=log)
     metrics: dict = {}
     for step in range(1, num_steps + 1):
         state, metrics = step_fn(state, device_images, index, train_rng)
-        if step == 1:
-            # Time the steady state: the first step includes compilation.
-            jax.block_until_ready(metrics["loss"])
-            rate_start, rate_step = time.perf_counter(), 1
         if step % log_every == 0 or step == num_steps:
             values = {k: float(v) for k, v in metrics.items()}
             if not np.isfinite(values["loss"]) or not np.isfinite(values["grad_norm"]):
@@ -225,14 +217,9 @@ def train_encoder(
                     f"encoder training diverged at step {step}: {values}; "
                     "lower encoder.learning_rate"
                 )
-            now = time.perf_counter()
-            rate = (step - rate_step) / max(now - rate_start, 1e-9) if step > rate_step else 0.0
-            eta = (num_steps - step) / rate if rate > 0 else 0.0
             extras = "  ".join(f"{k} {v:.4f}" for k, v in sorted(values.items()) if k != "loss")
-            log(
-                f"encoder step {step}/{num_steps}  loss {values['loss']:.4f}  {extras}  "
-                f"{rate:.2f} steps/s  ETA {_format_eta(eta)}"
-            )
+            log(f"encoder step {step}/{num_steps}  loss {values['loss']:.4f}  {extras}")
+        report(step)
     seconds = time.perf_counter() - start
     summary = {
         "steps": num_steps,

@@ -34,7 +34,7 @@ from flax.training.train_state import TrainState
 
 from semantica_jax.errors import NonFiniteError
 from semantica_jax.models.feature_net import FeatureNet
-from semantica_jax.utils import atomic_files, checkpointing, image_io
+from semantica_jax.utils import atomic_files, checkpointing, image_io, progress
 
 # Bump when the architecture or training code changes in a way that changes the network:
 # it is part of the cache key, so stale cached networks are not reused.
@@ -207,7 +207,10 @@ def train_feature_net(
     batch_rng = np.random.default_rng(settings.seed)
     shift_rng = jax.random.fold_in(rng, 1)
     order, cursor = batch_rng.permutation(images.shape[0]), 0
-    start = time.perf_counter()
+    report = progress.loop(
+        settings.num_steps,
+        f"feature net: {images.shape[0]} images, batch {settings.batch_size}",
+    )
     for step in range(settings.num_steps):
         # Epoch-wise shuffling: every example is seen once per pass.
         if cursor + settings.batch_size > order.shape[0]:
@@ -228,17 +231,14 @@ def train_feature_net(
                 raise NonFiniteError(
                     f"feature net loss is {loss} at step {done}; lower the learning rate."
                 )
-            elapsed = time.perf_counter() - start
-            rate = done / elapsed
             logging.info(
-                "feature net step %d/%d loss %.4f batch acc %.3f | %.1f steps/s, ETA %.0f s",
+                "feature net step %d/%d loss %.4f batch acc %.3f",
                 done,
                 settings.num_steps,
                 loss,
                 float(metrics["accuracy"]),
-                rate,
-                (settings.num_steps - done) / rate,
             )
+        report(done)
     return jax.device_get(state.params)
 
 

@@ -34,6 +34,7 @@ import time
 from typing import Any
 
 import numpy as np
+import tqdm
 
 from semantica_jax import errors
 from semantica_jax import workdir as run_dir
@@ -257,15 +258,11 @@ def augment(
         f"augmenting {len(images)} labelled images x {settings.variations} with step {step} "
         f"EMA params; tau_low {ctx['tau_low']:.3f}, tau_high {settings.tau_high}"
     )
-    rows, start = [], time.perf_counter()
-    for i in range(len(images)):
+    rows = []
+    bar = tqdm.tqdm(range(len(images)), desc="augmenting", unit="source image")
+    for i in bar:
         rows.append(_variations_of(ctx, i, float(w[i]), settings))
-        rate = (i + 1) / (time.perf_counter() - start)
-        log(
-            f"image {i + 1}/{len(images)}: kept {len(rows[-1][0])}/{settings.variations}, "
-            f"{rate * settings.variations:.1f} variations/s, ETA "
-            f"{(len(images) - i - 1) / rate:.0f}s"
-        )
+        bar.set_postfix(kept=f"{len(rows[-1][0])}/{settings.variations}")
     return _write(out, images, labels, names, w, rows, settings, step, workdir)
 
 

@@ -39,6 +39,7 @@ import time
 from typing import Any
 
 import numpy as np
+import tqdm
 
 from semantica_jax import errors
 from semantica_jax import workdir as run_dir
@@ -163,8 +164,11 @@ def sample_rows(variation_fn, params: Any, rows: list[Row], num: int, seed: int,
     if num < 1:
         raise UserError(f"--num must be >= 1, got {num}")
     key = jax.random.PRNGKey(int(seed))
-    out, start = [], time.perf_counter()
-    for r, row in enumerate(rows):
+    out = []
+    bar = tqdm.tqdm(
+        total=len(rows) * num, desc="sampling", unit="image", disable=log is None, leave=False
+    )
+    for row in rows:
         cond = conditioning.repeat(row.cond, num)
         extra = {k: cond[k] for k in ("token_logw", "negative") if k in cond}
         if row.strength < 1.0:
@@ -179,10 +183,8 @@ def sample_rows(variation_fn, params: Any, rows: list[Row], num: int, seed: int,
             **extra,
         )
         out.append(image_io.to_uint8(jax.device_get(x)))
-        if log:
-            done, elapsed = r + 1, time.perf_counter() - start
-            eta = elapsed / done * (len(rows) - done)
-            log(f"row {done}/{len(rows)}: {done * num / elapsed:.1f} images/s, ETA {eta:.0f}s")
+        bar.update(num)
+    bar.close()
     return np.stack(out)
 
 
