@@ -8,9 +8,12 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def evaluated(session_cache, tmp_path_factory, run_main):
-    workdir = str(tmp_path_factory.mktemp("eval_run"))
-    run_main(workdir, session_cache, "--config.train.eval_every=0")
+def evaluated(tiny_run, session_cache, tmp_path_factory, run_main):
+    """The session's tiny run (copied), evaluated by `main --mode=eval`."""
+    import shutil
+
+    workdir = str(tmp_path_factory.mktemp("eval_run") / "run")
+    shutil.copytree(tiny_run, workdir)
     run_main(workdir, session_cache, "--mode=eval")
     return workdir
 

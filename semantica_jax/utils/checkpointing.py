@@ -141,6 +141,7 @@ class Checkpointer:
         """Starts an (async) save of `state` and the pipeline position at `step`."""
         if step in self._manager.all_steps():
             return False
+        logging.info("checkpoint step %d: saving to %s", step, self.directory)
         return self._manager.save(
             step,
             args=ocp.args.Composite(
