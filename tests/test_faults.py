@@ -143,7 +143,13 @@ def test_killed_peer_stops_the_whole_launch(session_cache, tmp_path, main_env):
             "--config.train.eval_every=0",
         ],
         cwd=ROOT,
-        env={**main_env(1), "PYTHON": sys.executable, "WORKLOG_DIR": str(tmp_path)},
+        # A 2 s grace (default 10) before the SIGKILL of a peer stuck in a collective.
+        env={
+            **main_env(1),
+            "PYTHON": sys.executable,
+            "WORKLOG_DIR": str(tmp_path),
+            "STOP_GRACE_S": "2",
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
