@@ -27,7 +27,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.train_throughput import add_xla_defaults_flag  # noqa: E402
+from benchmarks.train_throughput import add_xla_defaults_flag, apply_overrides  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +60,7 @@ def measure(args) -> dict:
     from semantica_jax.diffusion import samplers
     from semantica_jax.models import uvit
 
-    config = mnist.get_config(args.variant)
+    config = apply_overrides(mnist.get_config(args.variant), args.set)
     config.model.dtype = args.dtype
     model = decoder.build_model(config)
     hw, c = config.data.image_size, config.data.channels
@@ -83,6 +83,7 @@ def measure(args) -> dict:
     rows = []
     for kind in args.kinds.split(","):
         arms = {"cached": decoder.DecoderApply(model), "uncached": UncachedApply(model)}
+        arms = {name: arms[name] for name in args.arms.split(",")}
         fns = {
             name: samplers.make_sampler(
                 apply_fn,
@@ -92,17 +93,18 @@ def measure(args) -> dict:
                 kind=kind,
                 num_steps=args.steps,
                 gamma=config.sampler.gamma,
-                guided=True,
+                guided=args.guidance != 0,
             )
             for name, apply_fn in arms.items()
         }
         key = jax.random.PRNGKey(1)
         results = {name: [] for name in fns}
-        outs = {name: fn(params, cond, key, 0.5) for name, fn in fns.items()}  # compile
-        diff = float(np.max(np.abs(np.asarray(outs["cached"]) - np.asarray(outs["uncached"]))))
+        w = args.guidance
+        outs = {name: np.asarray(fn(params, cond, key, w)) for name, fn in fns.items()}  # compile
+        diff = float(np.max(np.abs(outs["cached"] - outs["uncached"]))) if len(outs) > 1 else None
         for _ in range(args.repeats):
             for name, fn in fns.items():
-                results[name].append(_timed(fn, params, cond, key, 0.5))
+                results[name].append(_timed(fn, params, cond, key, w))
         for name, times in results.items():
             rates = [args.batch / wall for wall, _ in times]
             rows.append(
@@ -122,7 +124,8 @@ def measure(args) -> dict:
         "num_params": num_params,
         "batch": args.batch,
         "steps": args.steps,
-        "guidance": 0.5,
+        "guidance": args.guidance,
+        "overrides": args.set,
         "repeats": args.repeats,
         "rows": rows,
     }
@@ -137,6 +140,12 @@ def main() -> None:
     parser.add_argument("--kinds", default="ddpm,ddim", help="sampler kinds, comma-separated")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per arm")
     parser.add_argument("--dtype", default="float32", help="model.dtype: float32 | bfloat16")
+    parser.add_argument(
+        "--guidance", type=float, default=0.5, help="w; 0 = the unguided sampler (one batch)"
+    )
+    parser.add_argument("--arms", default="cached,uncached", help="decoder apply arms to time")
+    parser.add_argument("--set", action="append", default=[], help="config override a.b=v")
+    parser.add_argument("--name", default="", help="result file name (default from the variant)")
     add_xla_defaults_flag(parser)
     args = parser.parse_args()
     from benchmarks.train_throughput import _cpu_model
@@ -155,7 +164,9 @@ def main() -> None:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         **measure(args),
     }
-    name = f"sampler_throughput_{args.variant}{'_no_xla_defaults' * args.no_xla_defaults}.json"
+    name = args.name or (
+        f"sampler_throughput_{args.variant}{'_no_xla_defaults' * args.no_xla_defaults}.json"
+    )
     path = atomic_files.write_json(os.path.join(args.out, name), report)
     print(f"wrote {path}")
 

@@ -39,14 +39,7 @@ def build_step(variant: str, overrides: list[str]):
     from semantica_jax.train_step import StepConfig, make_optimizer, train_step
     from semantica_jax.utils import parallel
 
-    config = mnist.get_config(variant)
-    for item in overrides:
-        key, value = item.split("=", 1)
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], tuple) else eval(value)
+    config = apply_overrides(mnist.get_config(variant), overrides)
     mesh = parallel.make_mesh(config.mesh.fsdp)
     bsz = config.train.batch_size
     parallel.check_batch_size(bsz, mesh)
@@ -86,6 +79,22 @@ def build_step(variant: str, overrides: list[str]):
     # XLA reports the cost of one SPMD partition: scale to the whole (global) step.
     flops = float(cost.get("flops", float("nan"))) * mesh.size
     return compiled, state, batch, flops, bsz, mesh, compile_s
+
+
+def apply_overrides(config, overrides: list[str]):
+    """config with each "a.b=value" applied (value cast to the field's type; tuples as
+    Python literals, e.g. "model.channels=(128,)")."""
+    import ast
+
+    for item in overrides:
+        key, value = item.split("=", 1)
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        old = node[leaf]
+        node[leaf] = ast.literal_eval(value) if isinstance(old, tuple) else type(old)(value)
+    return config
 
 
 def measure(variant: str, steps: int, warmup: int, overrides: list[str]) -> dict:
