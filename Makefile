@@ -31,6 +31,8 @@ bench: venv
 	$(PY) benchmarks/sampler_throughput.py --out=benchmarks/results
 	$(PY) benchmarks/profile_step.py --out=benchmarks/results
 	$(PY) benchmarks/pipeline_throughput.py --out=benchmarks/results
+	# PyTorch peers side by side (makes .peers-venv from ../shared/peers when missing)
+	$(PY) benchmarks/peers.py --out=benchmarks/results --measure_peak
 
 # The papers' claims re-measured (resumable: finished arms and measurements are reused).
 claims: venv

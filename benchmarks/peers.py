@@ -122,7 +122,9 @@ def run_peer(python: str, peers_dir: str, peer: Peer) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "peer.jsonl")
         cmd = [python, os.path.join(peers_dir, peer.script), *peer.args, "--threads", "2"]
-        subprocess.run(cmd + ["--json", out], check=True, capture_output=True, text=True)
+        proc = subprocess.run(cmd + ["--json", out], capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"{peer.script} failed:\n{proc.stderr[-3000:]}")
         return json.loads(open(out).read().strip().splitlines()[-1])
 
 

@@ -137,8 +137,16 @@ def load_or_train_encoder(
         return encoder_bundle.load_encoder(config.encoder.checkpoint, expected=vit)
     directory = encoder_dir(config)
     if os.path.isfile(os.path.join(directory, "encoder.json")):
-        log(f"encoder: reusing cached {directory}")
-        return encoder_bundle.load_encoder(directory, expected=vit)
+        try:
+            bundle = encoder_bundle.load_encoder(directory, expected=vit)
+            log(f"encoder: reusing cached {directory}")
+            return bundle
+        except encoder_bundle.DamagedEncoderError as err:
+            aside = f"{directory}.corrupt-{os.getpid()}"
+            logging.warning(
+                "cached encoder is damaged (%s); moved to %s, training it again", err, aside
+            )
+            os.replace(directory, aside)
     log(f"encoder: no cached encoder for this config; training into {directory}")
     images, labels = load_split(config, config.data.train_split)
     try:

@@ -5,7 +5,8 @@
   the next run: the run that finally completes has bit-identical parameters and EMA
   parameters to an uninterrupted run.
 - A damaged newest checkpoint, no usable checkpoint, a disk that fills up mid-save, a
-  multi-process launch whose peer dies.
+  multi-process launch whose peer dies, a damaged cached encoder or embedding cache, a
+  second run on a locked workdir.
 
 Runs are subprocesses of `main` on the tiny config (the session's compilation cache makes
 each about 5-10 s).
@@ -22,6 +23,9 @@ import time
 
 import numpy as np
 import pytest
+
+from semantica_jax import errors
+from semantica_jax import workdir as run_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -273,3 +277,137 @@ def test_full_disk_is_one_line_and_loses_nothing(
     got, _ = restore(str(moved), "ema_params")
     for k in expected:
         np.testing.assert_array_equal(got[k], expected[k], err_msg=k)
+
+
+@pytest.mark.parametrize("damage", ["garbage encoder.json", "truncated params", "edited hash"])
+def test_damaged_cached_encoder_is_retrained_with_one_warning(
+    damage, tmp_path, monkeypatch, bars, caplog
+):
+    """A cached encoder that does not read back or match its hash is never used: one
+    warning, the directory moved aside, the encoder trained again (same values)."""
+    from configs import mnist as mnist_config
+    from semantica_jax import assets
+
+    config = mnist_config.get_config("tiny")
+    config.cache_dir = str(tmp_path)
+    config.encoder.num_steps = 3
+    monkeypatch.setattr(assets, "load_split", lambda cfg, split: bars(64, seed=0))
+    first = assets.load_or_train_encoder(config, log=lambda _: None)
+    manifest = os.path.join(first.path, "encoder.json")
+    if damage == "garbage encoder.json":
+        open(manifest, "w").write("{not json")
+    elif damage == "truncated params":
+        for path in glob.glob(os.path.join(first.path, "params", "**", "*"), recursive=True):
+            if os.path.isfile(path) and os.path.getsize(path) > 64:
+                with open(path, "r+b") as f:
+                    f.truncate(os.path.getsize(path) // 3)
+    else:
+        fields = json.load(open(manifest))
+        fields["params_hash"] = "0" * len(fields["params_hash"])
+        json.dump(fields, open(manifest, "w"))
+    with caplog.at_level("WARNING"):
+        again = assets.load_or_train_encoder(config, log=lambda _: None)
+    warnings = [
+        r.getMessage() for r in caplog.records if "cached encoder is damaged" in r.getMessage()
+    ]
+    assert len(warnings) == 1, caplog.text
+    assert again.path == first.path and again.params_hash == first.params_hash  # retrained
+    assert glob.glob(first.path + ".corrupt-*")
+
+
+def _embedding_identity(bundle, images):
+    from semantica_jax.encoder import embeddings
+
+    return embeddings.cache_identity(bundle, images, dataset="mnist", split="train", max_examples=0)
+
+
+def test_corrupt_cache_files_are_rebuilt(
+    tmp_path, encode_calls, make_bundle, config_vit, random_digits
+):
+    from semantica_jax.encoder import embeddings
+
+    bundle, images = make_bundle(config_vit, 0, key="key0"), random_digits(6, 0)
+    directory = str(tmp_path / "emb")
+    embeddings.cached_embeddings(directory, bundle, images, _embedding_identity(bundle, images))
+    with open(os.path.join(directory, "tokens.npy"), "wb") as f:
+        f.write(b"truncated")
+    encode_calls.clear()
+    logs = []
+    tokens, _ = embeddings.cached_embeddings(
+        directory,
+        bundle,
+        images,
+        _embedding_identity(bundle, images),
+        log=logs.append,
+        warn=logs.append,
+    )
+    assert sum(encode_calls) == 6 and tokens.shape[0] == 6
+    assert any("unreadable" in m for m in logs)
+
+
+@pytest.mark.parametrize("garbage", ["finite", "nan"])
+def test_same_shape_garbage_in_a_cache_is_detected_and_rebuilt(
+    garbage, tmp_path, encode_calls, make_bundle, config_vit, random_digits
+):
+    """Values overwritten in place (shape and header intact) are never used silently."""
+    from semantica_jax.encoder import embeddings
+
+    bundle, images = make_bundle(config_vit, 0, key="key0"), random_digits(6, 0)
+    directory = str(tmp_path / "emb")
+    want_tokens, want_cls = embeddings.cached_embeddings(
+        directory, bundle, images, _embedding_identity(bundle, images)
+    )
+    want_tokens, want_cls = np.array(want_tokens), np.array(want_cls)
+    cls = np.load(os.path.join(directory, "cls.npy"), mmap_mode="r+")
+    cls[2] = np.nan if garbage == "nan" else cls[2] + 0.5
+    cls.flush()
+    del cls
+    encode_calls.clear()
+    logs = []
+    tokens, cls = embeddings.cached_embeddings(
+        directory,
+        bundle,
+        images,
+        _embedding_identity(bundle, images),
+        log=logs.append,
+        warn=logs.append,
+    )
+    assert sum(encode_calls) == 6  # rebuilt
+    assert any("cls.npy does not match its recorded sha256" in m for m in logs), logs
+    np.testing.assert_array_equal(cls, want_cls)
+    np.testing.assert_array_equal(np.asarray(tokens), want_tokens)
+
+
+def test_lock_refuses_a_second_run_and_is_freed_by_sigkill(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with run_dir.locked(str(tmp_path)):
+        with pytest.raises(errors.UserError, match="in use by another run"):
+            with run_dir.locked(str(tmp_path)):
+                pass
+    with run_dir.locked(str(tmp_path)):  # released on exit of the block
+        pass
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.path.insert(0, sys.argv[2]); from semantica_jax import workdir as w\n"
+            "with w.locked(sys.argv[1]):\n print('held', flush=True); import time; time.sleep(60)",
+            str(tmp_path),
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(errors.UserError):
+        with run_dir.locked(str(tmp_path)):
+            pass
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=10)
+    time.sleep(0.1)
+    with run_dir.locked(str(tmp_path)):
+        pass

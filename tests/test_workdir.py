@@ -24,41 +24,6 @@ def test_config_json_round_trips(tool_workdir):
         assert json.load(f)["model"]["channels"] == expected  # tuples come back as lists
 
 
-def test_lock_refuses_a_second_run_and_is_freed_by_sigkill(tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    with run_dir.locked(str(tmp_path)):
-        with pytest.raises(errors.UserError, match="in use by another run"):
-            with run_dir.locked(str(tmp_path)):
-                pass
-    with run_dir.locked(str(tmp_path)):  # released on exit of the block
-        pass
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; sys.path.insert(0, sys.argv[2]); from semantica_jax import workdir as w\n"
-            "with w.locked(sys.argv[1]):\n print('held', flush=True); import time; time.sleep(60)",
-            str(tmp_path),
-            os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(errors.UserError):
-        with run_dir.locked(str(tmp_path)):
-            pass
-    holder.send_signal(signal.SIGKILL)
-    holder.wait(timeout=10)
-    time.sleep(0.1)
-    with run_dir.locked(str(tmp_path)):
-        pass
-
-
 def test_resume_refuses_another_architecture_and_allows_longer_runs(tmp_path):
     from configs import mnist
 

@@ -218,19 +218,26 @@ def load_tfds_images(
         return image, label
 
     ds = ds.map(to_pair, num_parallel_calls=tf.data.AUTOTUNE).batch(_READ_BATCH)
-    images, labels = [], []
+    # Filled in place: peak memory is the split once (plus one read batch), not twice as
+    # with a list of batches and a concatenation.
+    images = np.empty((total, image_size, image_size, channels), np.uint8)
+    labels = np.empty((total,), np.int32)
     report = progress.loop(
         -(-total // _READ_BATCH),
         f"reading {dataset}:{split}: {total} images in batches of {_READ_BATCH}",
     )
+    done = 0
     for step, (image_batch, label_batch) in enumerate(tfds.as_numpy(ds), 1):
-        images.append(image_batch)
-        labels.append(label_batch)
+        if done + len(label_batch) > total:
+            raise ValueError(
+                f"{dataset}:{split} holds more examples than its dataset_info.json records "
+                f"({total}); the prepared data is damaged: delete it to prepare it again"
+            )
+        images[done : done + len(label_batch)] = image_batch
+        labels[done : done + len(label_batch)] = label_batch
+        done += len(label_batch)
         report(step)
-    if not images:
-        empty = np.zeros((0, image_size, image_size, channels), np.uint8)
-        return empty, np.zeros((0,), np.int32)
-    return np.concatenate(images), np.concatenate(labels).astype(np.int32)
+    return images[:done], labels[:done]
 
 
 def store_image_dataset(

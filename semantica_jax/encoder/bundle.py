@@ -152,6 +152,10 @@ def save_encoder(directory: str, vit: ViTConfig, params: Any, meta: dict) -> Enc
     return EncoderBundle(vit.module(), params, directory, str(meta.get("key", "")), params_hash)
 
 
+class DamagedEncoderError(ValueError):
+    """An encoder directory whose manifest or params do not read back or match their hash."""
+
+
 def load_encoder(directory: str, expected: ViTConfig | None = None) -> EncoderBundle:
     """Loads an encoder directory written by `save_encoder`.
 
@@ -162,6 +166,12 @@ def load_encoder(directory: str, expected: ViTConfig | None = None) -> EncoderBu
 
     Returns:
       EncoderBundle.
+
+    Raises:
+      FileNotFoundError: no encoder.json.
+      DamagedEncoderError: encoder.json or the params do not read back, or the params do
+        not match the hash recorded when they were saved.
+      ValueError: the architecture differs from `expected`.
     """
     directory = os.path.abspath(directory)
     manifest_path = os.path.join(directory, "encoder.json")
@@ -170,9 +180,12 @@ def load_encoder(directory: str, expected: ViTConfig | None = None) -> EncoderBu
             f"{directory} is not an encoder directory (no encoder.json); train one with "
             "`python -m semantica_jax.main --mode=encoder --workdir=DIR` and pass DIR/encoder"
         )
-    with open(manifest_path) as f:
-        manifest = json.load(f)
-    vit = ViTConfig(**manifest["vit"])
+    try:
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        vit = ViTConfig(**manifest["vit"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise DamagedEncoderError(f"{manifest_path} does not read back ({err})") from err
     if expected is not None and vit != expected:
         diffs = [
             f"{name}: checkpoint {getattr(vit, name)} vs config {getattr(expected, name)}"
@@ -186,10 +199,16 @@ def load_encoder(directory: str, expected: ViTConfig | None = None) -> EncoderBu
         )
     model = vit.module()
     target = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-    params = jax.device_get(checkpointing.restore_pytree(os.path.join(directory, "params"), target))
+    try:
+        params = checkpointing.restore_pytree(os.path.join(directory, "params"), target)
+        params = jax.device_get(params)
+    except Exception as err:  # noqa: BLE001 - Orbax raises many types for damaged files
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        message = f"encoder params in {directory} do not read back ({reason})"
+        raise DamagedEncoderError(message) from err
     params_hash = hash_params(params)
     if manifest.get("params_hash") not in (None, params_hash):
-        raise ValueError(
+        raise DamagedEncoderError(
             f"encoder params in {directory} do not match the hash in encoder.json "
             "(corrupted or edited); delete the directory to retrain"
         )
