@@ -314,6 +314,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         args.k, args.subsets, args.variations, args.steps, args.no_ablations = "1", 1, 2, 20, True
     ks = [int(k) for k in args.k.split(",")]
+    # Checked before any work: a typo must not surface after the main arms' hour of runs.
+    chosen = [a.strip() for a in args.ablations.split(",") if a.strip()]
+    unknown = [a for a in chosen if a not in ABLATIONS]
+    if unknown:
+        p.error(f"unknown --ablations {unknown}; choose from {list(ABLATIONS)}")
     args.out = os.path.abspath(args.out)
     os.makedirs(args.out, exist_ok=True)
     config = run_dir.load_config(args.workdir)
@@ -351,10 +356,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ]
             rows[str(k)] = {a: _stats([c[a] for c in cells]) for a in arms}
         result["main"][gen_name] = rows
-    chosen = [a.strip() for a in args.ablations.split(",") if a.strip()]
-    unknown = [a for a in chosen if a not in ABLATIONS]
-    if unknown:
-        p.error(f"unknown --ablations {unknown}; choose from {list(ABLATIONS)}")
     if not args.no_ablations:
         for name, changes in ((a, ABLATIONS[a]) for a in chosen):
             cells = [

@@ -36,3 +36,13 @@ def test_quick_benchmark_end_to_end(tool_workdir, tmp_path):
     assert len(runs) == 5
     again = benchmark.main(argv)  # every classifier run and every variation set is reused
     assert next(iter(again["main"].values()))["1"] == row
+
+
+def test_unknown_ablation_is_refused_before_any_work(tmp_path, capsys):
+    """A typo in --ablations exits 2 at once, before the workdir or any data is read."""
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main([f"--workdir={tmp_path / 'missing'}", "--ablations=strength 0.5,nope"])
+    assert exit_info.value.code == 2
+    assert "unknown --ablations ['nope']" in capsys.readouterr().err

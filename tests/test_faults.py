@@ -315,34 +315,35 @@ def test_damaged_cached_encoder_is_retrained_with_one_warning(
     assert glob.glob(first.path + ".corrupt-*")
 
 
-def _embedding_identity(bundle, images):
+def _cached_embeddings(directory, bundle, images, logs=None):
+    """embeddings.cached_embeddings on the test's cache dir, messages into `logs`."""
     from semantica_jax.encoder import embeddings
 
-    return embeddings.cache_identity(bundle, images, dataset="mnist", split="train", max_examples=0)
+    identity = embeddings.cache_identity(
+        bundle, images, dataset="mnist", split="train", max_examples=0
+    )
+    sink = (lambda _: None) if logs is None else logs.append
+    tokens, cls = embeddings.cached_embeddings(
+        directory, bundle, images, identity, log=sink, warn=sink
+    )
+    return np.array(tokens), np.array(cls)
 
 
 def test_corrupt_cache_files_are_rebuilt(
     tmp_path, encode_calls, make_bundle, config_vit, random_digits
 ):
-    from semantica_jax.encoder import embeddings
-
     bundle, images = make_bundle(config_vit, 0, key="key0"), random_digits(6, 0)
     directory = str(tmp_path / "emb")
-    embeddings.cached_embeddings(directory, bundle, images, _embedding_identity(bundle, images))
+    want_tokens, want_cls = _cached_embeddings(directory, bundle, images)
     with open(os.path.join(directory, "tokens.npy"), "wb") as f:
         f.write(b"truncated")
     encode_calls.clear()
     logs = []
-    tokens, _ = embeddings.cached_embeddings(
-        directory,
-        bundle,
-        images,
-        _embedding_identity(bundle, images),
-        log=logs.append,
-        warn=logs.append,
-    )
-    assert sum(encode_calls) == 6 and tokens.shape[0] == 6
-    assert any("unreadable" in m for m in logs)
+    tokens, cls = _cached_embeddings(directory, bundle, images, logs)
+    assert sum(encode_calls) == 6  # rebuilt, to the same values
+    assert any("unreadable" in m for m in logs), logs
+    np.testing.assert_array_equal(tokens, want_tokens)
+    np.testing.assert_array_equal(cls, want_cls)
 
 
 @pytest.mark.parametrize("garbage", ["finite", "nan"])
@@ -350,40 +351,23 @@ def test_same_shape_garbage_in_a_cache_is_detected_and_rebuilt(
     garbage, tmp_path, encode_calls, make_bundle, config_vit, random_digits
 ):
     """Values overwritten in place (shape and header intact) are never used silently."""
-    from semantica_jax.encoder import embeddings
-
     bundle, images = make_bundle(config_vit, 0, key="key0"), random_digits(6, 0)
     directory = str(tmp_path / "emb")
-    want_tokens, want_cls = embeddings.cached_embeddings(
-        directory, bundle, images, _embedding_identity(bundle, images)
-    )
-    want_tokens, want_cls = np.array(want_tokens), np.array(want_cls)
+    want_tokens, want_cls = _cached_embeddings(directory, bundle, images)
     cls = np.load(os.path.join(directory, "cls.npy"), mmap_mode="r+")
     cls[2] = np.nan if garbage == "nan" else cls[2] + 0.5
     cls.flush()
     del cls
     encode_calls.clear()
     logs = []
-    tokens, cls = embeddings.cached_embeddings(
-        directory,
-        bundle,
-        images,
-        _embedding_identity(bundle, images),
-        log=logs.append,
-        warn=logs.append,
-    )
+    tokens, cls = _cached_embeddings(directory, bundle, images, logs)
     assert sum(encode_calls) == 6  # rebuilt
     assert any("cls.npy does not match its recorded sha256" in m for m in logs), logs
     np.testing.assert_array_equal(cls, want_cls)
-    np.testing.assert_array_equal(np.asarray(tokens), want_tokens)
+    np.testing.assert_array_equal(tokens, want_tokens)
 
 
 def test_lock_refuses_a_second_run_and_is_freed_by_sigkill(tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-
     with run_dir.locked(str(tmp_path)):
         with pytest.raises(errors.UserError, match="in use by another run"):
             with run_dir.locked(str(tmp_path)):

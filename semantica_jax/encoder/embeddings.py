@@ -29,7 +29,7 @@ import numpy as np
 from absl import logging
 
 from semantica_jax.encoder.bundle import EncoderBundle
-from semantica_jax.encoder.encode import iter_encode
+from semantica_jax.encoder.encode import effective_batch, iter_encode
 from semantica_jax.utils import atomic_files, progress
 
 Log = Callable[[str], None]
@@ -119,7 +119,7 @@ def _build(
             shape=(num, num_tokens, width),
         )
         cls = np.zeros((num, width), np.float32)
-        batch = max(1, min(batch_size, num))
+        batch = effective_batch(num, batch_size)
         report = progress.loop(
             -(-num // batch), f"embeddings: {num} images in batches of {batch}", log=log
         )

@@ -22,6 +22,11 @@ def _encode_batch(params: Any, images: jnp.ndarray, model: ViTEncoder, with_toke
     return (tokens if with_tokens else None), cls
 
 
+def effective_batch(num: int, batch_size: int) -> int:
+    """The batch `iter_encode` uses for `num` images: batch_size, at most num, at least 1."""
+    return max(1, min(batch_size, num))
+
+
 def iter_encode(
     bundle: EncoderBundle, images: np.ndarray, batch_size: int = 256, with_tokens: bool = True
 ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray]]:
@@ -38,7 +43,7 @@ def iter_encode(
     """
     images = image_io.as_model_input(images)
     num = len(images)
-    batch = max(1, min(batch_size, num))
+    batch = effective_batch(num, batch_size)
     for start in range(0, num, batch):
         chunk = images[start : start + batch]
         valid = len(chunk)
