@@ -28,7 +28,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.image_size = 256  # H = W fed to the decoder
     c.data.channels = 3  # RGB
     c.data.eval_split = "validation"  # ImageNet has no labelled test split in TFDS
-    c.data.shuffle_buffer = 50_000  # streaming TFDS shuffle buffer (per process)
 
     # --- frozen encoder: DINOv2 ViT-B/14 -------------------------------------------------
     c.encoder.patch_size = 14  # B/14

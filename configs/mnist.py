@@ -56,8 +56,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.data.train_split = "train"  # split the decoder is trained on
     c.data.eval_split = "test"  # split conditioning images for samples/eval come from
     c.data.max_examples = 0  # 0 = whole split; >0 keeps the first n (tests, smoke runs)
+    # Splits whose uint8 images exceed this many MiB are streamed from TFDS into on-disk
+    # shards (one per process) and read row by row, images and embeddings alike; < 0: never.
+    c.data.stream_above_mb = 1024.0
     c.data.train_classes = ()  # labels the decoder trains on; () = all (unseen-data claim)
-    c.data.shuffle_buffer = 0  # unused for in-memory data; kept for TFDS streaming sets
     c.data.prefetch = 2  # batches prepared ahead by a background thread
 
     # --- frozen encoder (Siamese ViT) ---------------------------------------------------

@@ -4,8 +4,11 @@
 `$SEMANTICA_CACHE_DIR`). This module is the only one that knows its layout:
 
   <cache_dir>/tfds/                                   prepared TFDS data (`data_dir`)
+  <cache_dir>/images/<dataset>-<split>-<S>x<S>x<C>[-first<n>]/rows-*/   splits above
+                                      data.stream_above_mb, one shard per process (`load_split`)
   <cache_dir>/encoder/<encoder key>/                  the frozen encoder (`load_encoder`)
-  <cache_dir>/embeddings/<encoder key>/<dataset>-<split>[-first<n>]/   (`embedded_split`)
+  <cache_dir>/embeddings/<encoder key>/<dataset>-<split>[-first<n>]/   (`embedded_split`;
+                                      rows-*/ per shard for a streamed split)
   <cache_dir>/feature_net/<key>/                      the FID feature network (`feature_net`)
 
 Everything here is written atomically (temp dir, then rename) by the modules that build it,
@@ -41,7 +44,8 @@ class EmbeddedSplit:
     """One split with its frozen-encoder embeddings.
 
     images: uint8 [N,H,W,C]; labels: int32 [N]; tokens: float16 [N,T,D] (memory-mapped);
-    cls: float32 [N,D].
+    cls: float32 [N,D]. For a split above `data.stream_above_mb`, images and tokens are
+    `disk_array` row arrays (indexing reads those rows from disk).
     """
 
     images: np.ndarray
@@ -51,6 +55,9 @@ class EmbeddedSplit:
 
     def with_classes(self, classes) -> EmbeddedSplit:
         """The rows whose label is in `classes` (all rows for an empty `classes`).
+
+        The chosen images and tokens are read into memory (a class subset of a split on
+        disk must fit).
 
         Raises:
           ValueError: no row has one of those labels.
@@ -65,6 +72,14 @@ class EmbeddedSplit:
         )
 
 
+def barrier(name: str) -> None:
+    """Waits until every process gets here (nothing to do on one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def once_per_machine(fn: Callable[..., Any], *args: Any) -> Any:
     """Runs `fn` on process 0 first (it fills the caches), then on every process (cache hits).
 
@@ -72,11 +87,9 @@ def once_per_machine(fn: Callable[..., Any], *args: Any) -> Any:
     processes training the same encoder.
     """
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         if jax.process_index() == 0:
             fn(*args)
-        multihost_utils.sync_global_devices(f"cache:{fn.__name__}")
+        barrier(f"cache:{fn.__name__}")
     return fn(*args)
 
 
@@ -88,12 +101,129 @@ def data_dir(config: ml_collections.ConfigDict) -> str:
     return config.data.data_dir or os.path.join(config.cache_dir, "tfds")
 
 
+@dataclasses.dataclass(frozen=True)
+class StoreSpec:
+    """Where and as what a split above `data.stream_above_mb` is stored on disk."""
+
+    tfds_name: str
+    split: str
+    directory: str
+    identity: dict
+    total: int
+    image_shape: tuple[int, int, int]
+
+
+def _tfds_name(config: ml_collections.ConfigDict, split: str) -> str:
+    """The TFDS name the split is read under, prepared first (MNIST, a user's folder)."""
+    from semantica_jax.data import folder, mnist
+
+    data = config.data
+    if folder.is_folder_dataset(data.dataset):
+        return folder.tfds_name(
+            data.dataset, split, data_dir(config), data.image_size, data.channels
+        )
+    if data.dataset == mnist.MNIST_NAME:
+        mnist.prepare_mnist(data_dir(config))
+    return data.dataset
+
+
+def stream_spec(config: ml_collections.ConfigDict, split: str) -> StoreSpec | None:
+    """None if `split` is read into memory; else how it is streamed to disk (`image_store`).
+
+    A split streams when its uint8 images take more than `data.stream_above_mb` MiB
+    (a negative value: never).
+    """
+    data = config.data
+    limit = float(data.get("stream_above_mb", -1))
+    if limit < 0:
+        return None
+    from semantica_jax.data import tfds_images
+
+    name = _tfds_name(config, split)
+    total = tfds_images.split_size(name, split, data_dir(config), data.max_examples)
+    shape = (int(data.image_size), int(data.image_size), int(data.channels))
+    if total * int(np.prod(shape)) <= limit * 2**20:
+        return None
+    identity = {
+        "dataset": data.dataset,
+        "split": split,
+        "image_shape": list(shape),
+        "max_examples": int(data.max_examples),
+        "total": int(total),
+    }
+    directory = os.path.join(
+        os.path.abspath(config.cache_dir),
+        "images",
+        f"{_slug(data.dataset)}-{_slug(split)}-{'x'.join(map(str, shape))}"
+        + (f"-first{int(data.max_examples)}" if data.max_examples else ""),
+    )
+    return StoreSpec(name, split, directory, identity, int(total), shape)
+
+
+def _write_own_shard(config: ml_collections.ConfigDict, spec: StoreSpec) -> None:
+    """This process's shard of a streamed split (reads only its rows from TFDS)."""
+    from semantica_jax.data import image_store, tfds_images
+
+    data = config.data
+
+    def read_rows(start: int, stop: int):
+        return tfds_images.read_tfds_images(
+            spec.tfds_name,
+            spec.split,
+            data_dir(config),
+            data.image_size,
+            data.channels,
+            data.max_examples,
+            rows=(start, stop),
+        )[1]
+
+    image_store.ensure_shard(
+        spec.directory,
+        spec.identity,
+        spec.total,
+        jax.process_index(),
+        jax.process_count(),
+        read_rows,
+        spec.image_shape,
+        logging.info,
+        logging.warning,
+    )
+
+
+def prepare_streamed_splits(config: ml_collections.ConfigDict, splits) -> None:
+    """Every process writes its shard of each split above the threshold, then all wait.
+
+    Call it on all processes before anything reads those splits (`load_split` on several
+    processes only opens the shards); a no-op for splits held in memory.
+    """
+    for split in dict.fromkeys(splits):
+        spec = stream_spec(config, split)
+        if spec is not None:
+            _write_own_shard(config, spec)
+    barrier("image-store")
+
+
+def _stored_split(config: ml_collections.ConfigDict, spec: StoreSpec):
+    from semantica_jax.data import image_store
+
+    if jax.process_count() == 1:
+        _write_own_shard(config, spec)  # on several processes: prepare_streamed_splits
+    return image_store.open_store(spec.directory, spec.identity, spec.total, jax.process_count())
+
+
 def load_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Split `split` of `config.data.dataset` at the config's size, channels and max_examples.
+
+    Splits above `data.stream_above_mb` come back as a `disk_array` row array (indexing it
+    reads those rows from the image store), all others as a numpy array in memory.
 
     Returns:
       (images uint8 [N, S, S, C], labels int32 [N]; -1 where the dataset has no labels).
     """
+    spec = stream_spec(config, split)
+    if spec is not None:
+        stored = _stored_split(config, spec)
+        return stored.images, stored.labels
     # Imported here: it pulls in TensorFlow Datasets, which tools that only encode avoid.
     from semantica_jax.data import folder, mnist
 
@@ -244,8 +374,53 @@ def _embedded_split(config, bundle: EncoderBundle, split: str) -> EmbeddedSplit:
     return EmbeddedSplit(images, np.asarray(labels, np.int32), tokens, np.asarray(cls))
 
 
+def _streamed_embedded_split(config, bundle: EncoderBundle, spec: StoreSpec) -> EmbeddedSplit:
+    """Each process embeds its own shard into `rows-*/` (an ordinary cache), then all read
+    all shards: tokens on disk (DiskArray per shard), CLS in memory."""
+    from semantica_jax.data import disk_array, image_store
+
+    stored = _stored_split(config, spec)
+    root = embeddings_dir(config, bundle, spec.split)
+
+    def shard(i: int) -> tuple[str, dict]:
+        rows, fingerprint = stored.shards[i]
+        identity = embeddings.cache_identity(
+            bundle,
+            stored.parts[i],
+            dataset=config.data.dataset,
+            split=f"{spec.split}[{rows[0]}:{rows[1]}]",
+            max_examples=config.data.max_examples,
+            fingerprint=fingerprint,
+        )
+        return os.path.join(root, image_store.shard_name(rows, spec.total)), identity
+
+    own = jax.process_index()
+    directory, identity = shard(own)
+    _, own_cls = embeddings.cached_embeddings(directory, bundle, stored.parts[own], identity)
+    barrier(f"embeddings:{spec.split}")
+    token_paths, cls = [], []
+    for i in range(len(stored.parts)):
+        directory, identity = shard(i)
+        if i == own:
+            token_paths.append(os.path.join(directory, "tokens.npy"))
+            cls.append(own_cls)
+        else:
+            path, shard_cls = embeddings.verified_embeddings(directory, identity)
+            token_paths.append(path)
+            cls.append(shard_cls)
+    tokens = disk_array.open_rows(token_paths)
+    return EmbeddedSplit(stored.images, stored.labels, tokens, np.concatenate(cls))
+
+
 def embedded_split(config, bundle: EncoderBundle, split: str) -> EmbeddedSplit:
-    """A split with its embeddings, computed once per (encoder, dataset, split) and cached."""
+    """A split with its embeddings, computed once per (encoder, dataset, split) and cached.
+
+    On several processes all must call it: a split above `data.stream_above_mb` is embedded
+    shard by shard, each process its own (after `prepare_streamed_splits`).
+    """
+    spec = stream_spec(config, split)
+    if spec is not None:
+        return _streamed_embedded_split(config, bundle, spec)
     return once_per_machine(_embedded_split, config, bundle, split)
 
 

@@ -230,6 +230,7 @@ def training_loop(config, workdir: str, stack: contextlib.ExitStack):
     """The body of `train_and_evaluate`; takes the workdir lock into `stack` before writing."""
     mesh = parallel.make_mesh(config.mesh.fsdp)
     per_process_batch = parallel.check_batch_size(config.train.batch_size, mesh)
+    assets.prepare_streamed_splits(config, (config.data.train_split, config.data.eval_split))
     bundle = assets.load_encoder(config)
     train_data = assets.embedded_split(config, bundle, config.data.train_split)
     train_data = train_data.with_classes(tuple(config.data.get("train_classes", ())))

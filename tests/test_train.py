@@ -60,7 +60,35 @@ def test_rerun_of_finished_run_changes_nothing(tiny_run, session_cache, run_main
         np.testing.assert_array_equal(before[k], after[k])
 
 
-def test_two_processes_match_one(tiny_run, session_cache, tmp_path, main_env, assert_same_run):
+def test_streamed_split_trains_as_in_memory_and_resumes_exactly(
+    tiny_run, session_cache, tmp_path, run_main, restore
+):
+    """stream_above_mb=0: both splits go to the on-disk store; the run is the in-memory run
+    bit for bit, and one resumed from its step-3 checkpoint ends bit for bit the same."""
+    import shutil
+
+    workdir = str(tmp_path / "run")
+    run_main(workdir, session_cache, "--config.data.stream_above_mb=0")
+    assert glob.glob(os.path.join(session_cache, "images", "mnist-test-*", "rows-*"))
+    streamed, _ = restore(workdir)
+    reference, _ = restore(tiny_run)
+    for k in reference:
+        np.testing.assert_array_equal(streamed[k], reference[k], err_msg=k)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))
+    run_main(workdir, session_cache, "--config.data.stream_above_mb=0")
+    for item in ("params", "ema_params"):
+        resumed, step = restore(workdir, item=item)
+        first, _ = restore(tiny_run, item=item)
+        assert step == 6
+        for k in first:
+            np.testing.assert_array_equal(resumed[k], first[k], err_msg=f"{item} {k}")
+
+
+def test_two_processes_streaming_their_shards_match_one(
+    tiny_run, session_cache, tmp_path, main_env, assert_same_run
+):
+    """Two processes, data streamed to disk (stream_above_mb=0): each writes and embeds only
+    its shard, both read both; the run equals one in-memory process's."""
     workdir = str(tmp_path / "run")
     proc = subprocess.run(
         [
@@ -72,6 +100,7 @@ def test_two_processes_match_one(tiny_run, session_cache, tmp_path, main_env, as
             "--config=configs/mnist.py:tiny",
             f"--workdir={workdir}",
             f"--config.cache_dir={session_cache}",
+            "--config.data.stream_above_mb=0",
         ],
         cwd=ROOT,
         env={**main_env(2), "PYTHON": sys.executable, "WORKLOG_DIR": str(tmp_path)},
@@ -82,6 +111,14 @@ def test_two_processes_match_one(tiny_run, session_cache, tmp_path, main_env, as
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.load(open(os.path.join(workdir, "summary.json")))
     assert summary["processes"] == 2 and summary["devices"] == 4
+    for kind in ("images", "embeddings"):
+        pattern = os.path.join(session_cache, kind, "**", "*train*", "rows-*-of-*")
+        shards = glob.glob(pattern, recursive=True)
+        shards = sorted(os.path.basename(p) for p in shards)
+        assert shards == [
+            "rows-0000000000-0000000256-of-0000000512",
+            "rows-0000000256-0000000512-of-0000000512",
+        ], (kind, shards)
     assert_same_run(tiny_run, workdir)
 
 

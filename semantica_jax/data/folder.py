@@ -213,18 +213,23 @@ def prepare(dataset: str, data_dir: str, image_size: int, channels: int) -> str:
     return name
 
 
+def tfds_name(dataset: str, split: str, data_dir: str, image_size: int, channels: int) -> str:
+    """The TFDS name of a folder dataset (converted once, see `prepare`); checks the split."""
+    if split.split("[")[0] != SPLIT:
+        raise UserError(
+            f"a folder dataset has one split, {SPLIT!r}; got {split!r} (set data.train_split "
+            f"and data.eval_split to {SPLIT!r})"
+        )
+    return prepare(dataset, data_dir, image_size, channels)
+
+
 def load_split(
     dataset: str, split: str, data_dir: str, image_size: int, channels: int, max_examples: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 [N, S, S, C], episode index int32 [N]) of a folder dataset."""
     from semantica_jax.data.tfds_images import load_tfds_images
 
-    if split.split("[")[0] != SPLIT:
-        raise UserError(
-            f"a folder dataset has one split, {SPLIT!r}; got {split!r} (set data.train_split "
-            f"and data.eval_split to {SPLIT!r})"
-        )
-    name = prepare(dataset, data_dir, image_size, channels)
+    name = tfds_name(dataset, split, data_dir, image_size, channels)
     return load_tfds_images(name, split, data_dir, image_size, channels, max_examples)
 
 

@@ -1,4 +1,4 @@
-"""Reading TFDS image datasets into memory as uint8 numpy arrays, offline.
+"""Reading TFDS image datasets as uint8 numpy arrays (into memory or streamed), offline.
 
 Every read goes through TFDS with an explicit `data_dir` and no download: the machines
 that run this code cannot reach the internet, so a dataset must already be prepared
@@ -12,13 +12,14 @@ import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Iterator
 from types import ModuleType
 
 import numpy as np
 
 from semantica_jax.utils import progress
 
-# Examples per tf.data batch when reading a split into memory.
+# Examples per tf.data batch when reading a split.
 _READ_BATCH = 4096
 
 
@@ -159,19 +160,34 @@ def prepared_builder(dataset: str, data_dir: str):
     return builder
 
 
-def load_tfds_images(
+def _limited_split(builder, split: str, max_examples: int) -> tuple[str, int]:
+    """(the split string with the limit applied, its number of examples)."""
+    if max_examples and "[" not in split and "+" not in split:
+        # A limit above the split's size keeps the whole split (a small user folder).
+        max_examples = min(max_examples, builder.info.splits[split].num_examples)
+    split = split_with_limit(split, max_examples)
+    return split, builder.info.splits[split].num_examples
+
+
+def split_size(dataset: str, split: str, data_dir: str, max_examples: int = 0) -> int:
+    """Examples `read_tfds_images` would yield for this split and limit (reads no data)."""
+    return _limited_split(prepared_builder(dataset, data_dir), split, max_examples)[1]
+
+
+def read_tfds_images(
     dataset: str,
     split: str,
     data_dir: str,
     image_size: int,
     channels: int,
     max_examples: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Reads a prepared TFDS image split into memory, square and with `channels`.
+    rows: tuple[int, int] | None = None,
+) -> tuple[int, Iterator[tuple[np.ndarray, np.ndarray]]]:
+    """Streams a prepared TFDS image split in batches, square and with `channels`.
 
     Images whose stored shape is already [S, S, channels] are passed through untouched;
     others go through `resize_center_crop`. Datasets without a 'label' feature
-    (e.g. lsun) get label -1 everywhere.
+    (e.g. lsun) get label -1 everywhere. Memory: one read batch at a time.
 
     Args:
       dataset: TFDS name, e.g. 'mnist', 'imagenet2012', 'lsun/church_outdoor'.
@@ -180,9 +196,12 @@ def load_tfds_images(
       image_size: S.
       channels: 1 or 3.
       max_examples: >0 keeps the first n examples of the split; 0 = whole split.
+      rows: (start, stop) reads only those examples of the (limited) split: one process's
+        shard. TFDS reads only the files that hold them when the split is a plain name.
 
     Returns:
-      (images uint8 [N, S, S, channels], labels int32 [N]).
+      (number of examples the iterator yields, iterator of (images uint8 [b, S, S, C],
+      labels int32 [b]) in split order).
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
@@ -201,12 +220,18 @@ def load_tfds_images(
     stored_shape = tuple(features["image"].shape)
     needs_resize = stored_shape != (image_size, image_size, channels)
 
-    if max_examples and "[" not in split and "+" not in split:
-        # A limit above the split's size keeps the whole split (a small user folder).
-        max_examples = min(max_examples, builder.info.splits[split].num_examples)
-    split = split_with_limit(split, max_examples)
-    total = builder.info.splits[split].num_examples
-    ds = builder.as_dataset(split=split, shuffle_files=False)
+    plain = "[" not in split and "+" not in split
+    split, total = _limited_split(builder, split, max_examples)
+    start, stop = (0, total) if rows is None else rows
+    if not 0 <= start <= stop <= total:
+        raise ValueError(f"rows {rows} outside the {total} examples of {dataset}:{split}")
+    if rows is not None and plain:
+        split = f"{split.split('[')[0]}[{start}:{stop}]"  # TFDS opens only those files
+        ds = builder.as_dataset(split=split, shuffle_files=False)
+    else:
+        ds = builder.as_dataset(split=split, shuffle_files=False)
+        if rows is not None:
+            ds = ds.skip(start).take(stop - start)
 
     # Plain TF ops with Python-static branches: AutoGraph has nothing to convert.
     @tf.autograph.experimental.do_not_convert
@@ -218,25 +243,50 @@ def load_tfds_images(
         return image, label
 
     ds = ds.map(to_pair, num_parallel_calls=tf.data.AUTOTUNE).batch(_READ_BATCH)
+    count = stop - start
+    report = progress.loop(
+        -(-count // _READ_BATCH),
+        f"reading {dataset}:{split}: {count} images in batches of {_READ_BATCH}",
+    )
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        done = 0
+        for step, (image_batch, label_batch) in enumerate(tfds.as_numpy(ds), 1):
+            done += len(label_batch)
+            if done > count:
+                raise ValueError(
+                    f"{dataset}:{split} holds more examples than its dataset_info.json records "
+                    f"({total}); the prepared data is damaged: delete it to prepare it again"
+                )
+            yield image_batch, label_batch
+            report(step)
+
+    return count, batches()
+
+
+def load_tfds_images(
+    dataset: str,
+    split: str,
+    data_dir: str,
+    image_size: int,
+    channels: int,
+    max_examples: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reads a prepared TFDS image split into memory (see `read_tfds_images` for the args).
+
+    Returns:
+      (images uint8 [N, S, S, channels], labels int32 [N]).
+    """
+    total, batches = read_tfds_images(dataset, split, data_dir, image_size, channels, max_examples)
     # Filled in place: peak memory is the split once (plus one read batch), not twice as
     # with a list of batches and a concatenation.
     images = np.empty((total, image_size, image_size, channels), np.uint8)
     labels = np.empty((total,), np.int32)
-    report = progress.loop(
-        -(-total // _READ_BATCH),
-        f"reading {dataset}:{split}: {total} images in batches of {_READ_BATCH}",
-    )
     done = 0
-    for step, (image_batch, label_batch) in enumerate(tfds.as_numpy(ds), 1):
-        if done + len(label_batch) > total:
-            raise ValueError(
-                f"{dataset}:{split} holds more examples than its dataset_info.json records "
-                f"({total}); the prepared data is damaged: delete it to prepare it again"
-            )
+    for image_batch, label_batch in batches:
         images[done : done + len(label_batch)] = image_batch
         labels[done : done + len(label_batch)] = label_batch
         done += len(label_batch)
-        report(step)
     return images[:done], labels[:done]
 
 

@@ -28,6 +28,7 @@ from collections.abc import Callable
 import numpy as np
 from absl import logging
 
+from semantica_jax.data import disk_array
 from semantica_jax.encoder.bundle import EncoderBundle
 from semantica_jax.encoder.encode import effective_batch, iter_encode
 from semantica_jax.utils import atomic_files, progress
@@ -39,16 +40,27 @@ _MANIFEST = "manifest.json"
 
 
 def images_hash(images: np.ndarray) -> str:
-    """sha256 of the image bytes, shape and dtype (hex, 16 chars): the data's fingerprint."""
-    digest = hashlib.sha256(f"{images.dtype}{images.shape}".encode())
-    digest.update(np.ascontiguousarray(images).tobytes())
-    return digest.hexdigest()[:16]
+    """sha256 of the image bytes, shape and dtype (hex, 16 chars): the data's fingerprint.
+
+    Reads `images` in chunks, so a split on disk (`disk_array`) is never loaded whole.
+    """
+    return disk_array.fingerprint(images)
 
 
 def cache_identity(
-    bundle: EncoderBundle, images: np.ndarray, *, dataset: str, split: str, max_examples: int
+    bundle: EncoderBundle,
+    images: np.ndarray,
+    *,
+    dataset: str,
+    split: str,
+    max_examples: int,
+    fingerprint: str = "",
 ) -> dict:
-    """Everything the cached arrays depend on; any difference makes a cache stale."""
+    """Everything the cached arrays depend on; any difference makes a cache stale.
+
+    `fingerprint`: the images' `images_hash` if already known (an image-store shard records
+    it), so that it is not recomputed by reading them all.
+    """
     return {
         "format": CACHE_FORMAT,
         "encoder_key": bundle.key,
@@ -57,7 +69,7 @@ def cache_identity(
         "split": split,
         "max_examples": int(max_examples),
         "count": int(len(images)),
-        "images_hash": images_hash(images),
+        "images_hash": fingerprint or images_hash(images),
     }
 
 
@@ -112,25 +124,23 @@ def _build(
         num = len(images)
         num_tokens = bundle.model.config.num_tokens
         width = bundle.model.config.width
-        tokens = np.lib.format.open_memmap(
-            os.path.join(tmp, "tokens.npy"),
-            mode="w+",
-            dtype=np.float16,
-            shape=(num, num_tokens, width),
-        )
         cls = np.zeros((num, width), np.float32)
         batch = effective_batch(num, batch_size)
         report = progress.loop(
             -(-num // batch), f"embeddings: {num} images in batches of {batch}", log=log
         )
-        batches = iter_encode(bundle, images, batch_size, with_tokens=True)
-        for step, (start, tok, c) in enumerate(batches, 1):
-            tokens[start : start + len(c)] = tok.astype(np.float16)
-            cls[start : start + len(c)] = c
-            report(step)
-        finite = bool(np.isfinite(tokens).all() and np.isfinite(cls).all())
-        tokens.flush()
-        del tokens
+        finite = True
+        # Written in batches (not through a memmap), so memory stays one batch however
+        # large the split.
+        tokens_path = os.path.join(tmp, "tokens.npy")
+        with disk_array.NpyWriter(tokens_path, (num, num_tokens, width), np.float16) as tokens:
+            batches = iter_encode(bundle, images, batch_size, with_tokens=True)
+            for step, (start, tok, c) in enumerate(batches, 1):
+                tok = tok.astype(np.float16)
+                finite = finite and bool(np.isfinite(tok).all() and np.isfinite(c).all())
+                tokens.write(tok)
+                cls[start : start + len(c)] = c
+                report(step)
         if not finite:
             raise ValueError(
                 f"the encoder {identity['encoder_key']} gave non-finite embeddings; retrain it "
@@ -201,6 +211,23 @@ def cached_embeddings(
         log(f"embeddings: computing {len(images)} embeddings into {directory}")
     _build(directory, bundle, images, identity, batch_size, log)
     return _open(directory)
+
+
+def verified_embeddings(directory: str, identity: dict) -> tuple[str, np.ndarray]:
+    """A cache another process built: (path of tokens.npy, cls float32 [N, D]), checked.
+
+    Raises:
+      ValueError: it is missing, stale or damaged (the reasons are named).
+    """
+    manifest = _read_manifest(directory)
+    reasons = (
+        ["no readable manifest"]
+        if manifest is None
+        else _stale_reasons(directory, manifest, identity)
+    )
+    if reasons:
+        raise ValueError(f"embedding cache {directory} cannot be used: {'; '.join(reasons)}")
+    return os.path.join(directory, "tokens.npy"), np.load(os.path.join(directory, "cls.npy"))
 
 
 def _open(directory: str) -> tuple[np.ndarray, np.ndarray]:

@@ -34,18 +34,21 @@ def iter_encode(
 
     Args:
       bundle: the encoder.
-      images: uint8 [N, H, W, C] or float in [-1, 1].
+      images: uint8 [N, H, W, C] or float in [-1, 1]; numpy or any array with numpy
+        slicing (a `disk_array.DiskArray`).
       batch_size: images per forward pass.
       with_tokens: also return the patch tokens.
 
     Yields:
       (start, tokens float32 [b, T, D] or None, cls float32 [b, D]) for rows start..start+b.
     """
-    images = image_io.as_model_input(images)
+    if getattr(images, "ndim", 4) != 4:
+        raise ValueError(f"expected images [N, H, W, C], got shape {np.shape(images)}")
     num = len(images)
     batch = effective_batch(num, batch_size)
     for start in range(0, num, batch):
-        chunk = images[start : start + batch]
+        # Converted a batch at a time: a split on disk (data/disk_array.py) is never whole.
+        chunk = image_io.as_model_input(images[start : start + batch])
         valid = len(chunk)
         if valid < batch:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - valid, axis=0)])

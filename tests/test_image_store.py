@@ -1,0 +1,99 @@
+"""Splits streamed from TFDS into per-process shards on disk, and read back as one split."""
+
+import os
+
+import numpy as np
+import pytest
+
+from semantica_jax.data import image_store, tfds_images
+
+IDENTITY = {"dataset": "toy", "split": "train", "total": 10}
+
+
+def _toy(total=10):
+    images = np.arange(total * 2 * 2, dtype=np.uint8).reshape(total, 2, 2, 1)
+    return images, np.arange(total, dtype=np.int32) % 3
+
+
+def _reader(calls, fail_after=None):
+    images, labels = _toy()
+
+    def read_rows(start, stop):
+        calls.append((start, stop))
+        for i in range(start, stop, 3):
+            if fail_after is not None and i - start >= fail_after:
+                raise RuntimeError("reader died")
+            j = min(i + 3, stop)
+            yield images[i:j], labels[i:j]
+
+    return read_rows
+
+
+def _ensure(directory, index, count, read_rows, warnings, identity=IDENTITY):
+    image_store.ensure_shard(
+        directory,
+        identity,
+        10,
+        index,
+        count,
+        read_rows,
+        (2, 2, 1),
+        lambda m: None,
+        warnings.append,
+    )
+
+
+def test_shards_cover_the_rows_and_open_as_one_split(tmp_path):
+    assert [image_store.shard_rows(10, i, 3) for i in range(3)] == [(0, 3), (3, 6), (6, 10)]
+    assert image_store.shard_rows(1, 0, 2) == (0, 0)  # more processes than rows: empty shard
+    calls, warnings = [], []
+    for index in range(3):
+        _ensure(str(tmp_path), index, 3, _reader(calls), warnings)
+    assert calls == [(0, 3), (3, 6), (6, 10)] and not warnings
+    stored = image_store.open_store(str(tmp_path), IDENTITY, 10, 3)
+    images, labels = _toy()
+    np.testing.assert_array_equal(stored.images[np.array([9, 0, 4, 3])], images[[9, 0, 4, 3]])
+    np.testing.assert_array_equal(stored.labels, labels)
+    assert [rows for rows, _ in stored.shards] == [(0, 3), (3, 6), (6, 10)]
+    assert len({fingerprint for _, fingerprint in stored.shards}) == 3
+
+
+def test_a_shard_is_reused_and_rebuilt_when_stale_or_damaged(tmp_path):
+    calls, warnings = [], []
+    directory = str(tmp_path)
+    _ensure(directory, 0, 1, _reader(calls), warnings)
+    _ensure(directory, 0, 1, _reader(calls), warnings)
+    assert calls == [(0, 10)] and not warnings  # reused
+    shard = os.path.join(directory, image_store.shard_name((0, 10), 10))
+    with open(os.path.join(shard, "images.npy"), "r+b") as f:
+        f.truncate(150)  # header intact, rows missing
+    _ensure(directory, 0, 1, _reader(calls), warnings)
+    assert len(calls) == 2 and "truncated" in warnings[-1]
+    _ensure(directory, 0, 1, _reader(calls), warnings, identity={**IDENTITY, "split": "test"})
+    assert len(calls) == 3 and "cannot be used (built for" in warnings[-1]
+    _ensure(directory, 0, 1, _reader(calls), warnings)
+    stored = image_store.open_store(directory, IDENTITY, 10, 1)
+    np.testing.assert_array_equal(np.asarray(stored.images), _toy()[0])
+
+
+def test_a_crash_while_streaming_leaves_no_shard(tmp_path):
+    calls, warnings = [], []
+    with pytest.raises(RuntimeError, match="reader died"):
+        _ensure(str(tmp_path), 0, 1, _reader(calls, fail_after=6), warnings)
+    assert os.listdir(tmp_path) == []  # neither a shard nor a temp dir
+    with pytest.raises(FileNotFoundError, match="rows-0000000000-0000000010-of-0000000010"):
+        image_store.open_store(str(tmp_path), IDENTITY, 10, 1)
+
+
+@pytest.mark.parametrize("split", ["train", "train[:300]"], ids=["plain", "sliced"])
+def test_tfds_rows_are_that_slice_of_the_split(mnist_data_dir, split):
+    limit = 300 if split == "train" else 0
+    whole, whole_labels = tfds_images.load_tfds_images("mnist", split, mnist_data_dir, 28, 1, limit)
+    count, batches = tfds_images.read_tfds_images(
+        "mnist", split, mnist_data_dir, 28, 1, limit, rows=(120, 290)
+    )
+    parts = list(batches)
+    assert count == 170
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), whole[120:290])
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), whole_labels[120:290])
+    assert tfds_images.split_size("mnist", split, mnist_data_dir, limit) == 300
