@@ -10,6 +10,20 @@ embedding cache stores them), CLS [N, width], label episodes, global batch
               next() shows whether the train step ever waits for data.
 
 Run:  python benchmarks/pipeline_throughput.py --out=benchmarks/results
+
+`--case=large` measures data that does not fit in memory instead: a synthetic TFDS set of
+--large_images (200,000) images 64x64x3 (smooth random colour fields, 10 classes) goes
+through the real path of `data.stream_above_mb` (image store shards, encoder trained on a
+subset, sharded embedding cache, pair pipeline over row arrays, the real train step). Each
+phase runs in a child process whose peak RSS (ru_maxrss) is reported:
+  - embed: stream the split to disk, train the tiny encoder, embed the split;
+  - feed:  reopen it all, pipeline batches/s (sync and prefetched), then --large_steps
+           steps of the tiny config's train step fed by that pipeline;
+  - in_memory_embed (the control, --no-large_control skips it): the embed phase with the
+           split read into memory (stream_above_mb=-1), to show what streaming saves.
+
+Run:  python benchmarks/pipeline_throughput.py --case=large --out=benchmarks/results
+      (--work_dir=DIR keeps the synthetic TFDS set and caches for a rerun)
 """
 
 import argparse
@@ -41,6 +55,25 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--num_batches", type=int, default=2000, help="batches timed per figure")
     p.add_argument("--step_ms", type=float, default=20.0, help="simulated train step (overlap)")
     p.add_argument("--seed", type=int, default=config.seed)
+    p.add_argument("--case", choices=("mnist", "large"), default="mnist")
+    p.add_argument("--large_images", type=int, default=200_000, help="large: train images")
+    p.add_argument("--large_size", type=int, default=64, help="large: image side")
+    p.add_argument("--large_steps", type=int, default=30, help="large: train steps timed")
+    p.add_argument("--large_batches", type=int, default=300, help="large: pipeline batches")
+    p.add_argument("--work_dir", default="", help="large: keep data and caches here")
+    p.add_argument(
+        "--large_control",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="large: also embed with the split in memory (the RSS it would take)",
+    )
+    p.add_argument(
+        "--stream_above_mb",
+        type=float,
+        default=config.data.stream_above_mb,
+        help="large: data.stream_above_mb (0 streams a small smoke-test set too)",
+    )
+    p.add_argument("--phase", choices=("embed", "feed"), default="", help=argparse.SUPPRESS)
     p.add_argument(
         "--num_tokens",
         type=int,
@@ -92,8 +125,172 @@ def time_batches(it: pipeline.Pipeline, num_batches: int, step_s: float, label: 
     }
 
 
+# --- the large case: 200k 64x64x3 images through the on-disk path ----------------------------
+
+_LARGE_NAME = "synthetic_large"
+
+
+def make_large_tfds(data_dir: str, num: int, size: int) -> None:
+    """Writes TFDS `synthetic_large` (train: num images, test: 2,000) if not there yet.
+
+    Image i is a smooth colour field (8x8x3 random values from seed i, resized to size x
+    size), label i % 10. Built from tf.data, so the writer never holds the set in memory.
+    """
+    from semantica_jax.data import tfds_images
+
+    tf = tfds_images.import_tf()
+    tfds = tfds_images.import_tfds()
+    if os.path.isdir(os.path.join(data_dir, _LARGE_NAME)):
+        return
+
+    def example(i):
+        low = tf.random.stateless_uniform([8, 8, 3], seed=tf.stack([i, 7]), maxval=255.0)
+        image = tf.cast(tf.image.resize(low, [size, size], method="bilinear"), tf.uint8)
+        return {"image": tf.io.encode_png(image), "label": i % 10}
+
+    def split(n, offset):
+        ds = tf.data.Dataset.range(offset, offset + n)
+        return ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name=_LARGE_NAME,
+        version="1.0.0",
+        features=tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Image(shape=(size, size, 3)),
+                "label": tfds.features.ClassLabel(num_classes=10),
+            }
+        ),
+        split_datasets={"train": split(num, 0), "test": split(2000, num)},
+        data_dir=data_dir,
+        description="synthetic smooth colour fields for the pipeline benchmark",
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+        disable_shuffling=True,
+    )
+
+
+def large_config(args: argparse.Namespace, work_dir: str):
+    """The tiny config on `synthetic_large` at --large_size, everything under work_dir."""
+    config = get_config("tiny")
+    config.cache_dir = os.path.join(work_dir, "cache")
+    config.data.update(
+        dataset=_LARGE_NAME,
+        data_dir=os.path.join(work_dir, "tfds"),
+        image_size=args.large_size,
+        channels=3,
+        max_examples=0,
+        stream_above_mb=args.stream_above_mb,
+    )
+    config.encoder.max_train_images = 20_000
+    config.encoder.patch_size = 8
+    config.train.update(
+        num_steps=args.large_steps,
+        checkpoint_every=args.large_steps,
+        eval_every=0,
+        log_every=max(1, args.large_steps // 3),
+    )
+    return config
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (MiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_phase(args: argparse.Namespace) -> dict:
+    """One phase of the large case, in this (child) process; returns its figures."""
+    from semantica_jax import assets, train
+
+    config = large_config(args, args.work_dir)
+    out: dict = {"phase": args.phase}
+    if args.phase == "embed":
+        t0 = time.perf_counter()
+        images, _ = assets.load_split(config, "train")
+        out["store_s"] = time.perf_counter() - t0
+        out["stored_images"] = len(images)
+        out["stored_gib"] = images.nbytes / 2**30
+        t0 = time.perf_counter()
+        bundle = assets.load_encoder(config)
+        out["encoder_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        data = assets.embedded_split(config, bundle, "train")
+        out["embed_s"] = time.perf_counter() - t0
+        out["embed_images_per_s"] = len(data.labels) / out["embed_s"]
+        out["tokens_gib"] = data.tokens.nbytes / 2**30
+        out["tokens_type"] = type(data.tokens).__name__
+    else:
+        bundle = assets.load_encoder(config)
+        data = assets.embedded_split(config, bundle, "train")
+        t0 = time.perf_counter()
+        pipe, _ = pipeline.make_train_pipeline(config, data, config.train.batch_size)
+        out["pairs"], out["pairs_s"] = pipe.num_pairs, time.perf_counter() - t0
+        for name, prefetch in (("sync", 0), ("prefetch", config.data.prefetch)):
+            pipe.close()
+            pipe.prefetch = prefetch
+            pipe.restore({"epoch": 0, "step": 0})
+            figures = time_batches(pipe, args.large_batches, 0.0, name)
+            out.update({f"{name}_{k}": v for k, v in figures.items()})
+        pipe.close()
+        workdir = os.path.join(args.work_dir, "run")
+        if os.path.isdir(workdir):
+            import shutil
+
+            shutil.rmtree(workdir)
+        _, summary = train.train_and_evaluate(config, workdir)
+        out["train_steps"] = int(summary["final_step"])
+        out["train_images_per_s"] = float(summary["metrics"]["images_per_sec"])
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def main_large(args: argparse.Namespace) -> dict:
+    """The large case: build the data, run both phases as children, collect the figures."""
+    import subprocess
+
+    keep = bool(args.work_dir)
+    work_dir = args.work_dir or tempfile.mkdtemp(prefix="pipeline_large_")
+    try:
+        t0 = time.perf_counter()
+        make_large_tfds(os.path.join(work_dir, "tfds"), args.large_images, args.large_size)
+        out = {
+            "benchmark": "pipeline_throughput_large",
+            "num_images": args.large_images,
+            "image_shape": [args.large_size, args.large_size, 3],
+            "images_gib": args.large_images * args.large_size**2 * 3 / 2**30,
+            "make_tfds_s": time.perf_counter() - t0,  # ~0 when --work_dir had it
+            "cpu_count": os.cpu_count(),
+        }
+        # The control last: the same embedding with the split in memory (threshold -1); it
+        # replaces the sharded embedding cache, which a rerun then builds again.
+        runs = [("embed", "embed", args.stream_above_mb), ("feed", "feed", args.stream_above_mb)]
+        runs += [("in_memory_embed", "embed", -1.0)] if args.large_control else []
+        for name, phase, threshold in runs:
+            argv = [sys.executable, os.path.abspath(__file__), "--case=large", f"--phase={phase}"]
+            argv += [f"--work_dir={work_dir}", f"--large_images={args.large_images}"]
+            argv += [f"--large_size={args.large_size}", f"--large_steps={args.large_steps}"]
+            argv += [f"--large_batches={args.large_batches}", f"--stream_above_mb={threshold}"]
+            proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=True)
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"{name}: {result}")
+            out.update({f"{name}_{k}": v for k, v in result.items() if k != "phase"})
+        return out
+    finally:
+        if not keep:
+            import shutil
+
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
 def main() -> None:
     args = parse_args()
+    if args.phase:
+        print(json.dumps(run_phase(args)))
+        return
+    if args.case == "large":
+        write_result(main_large(args), args.out, "pipeline_throughput_large.json")
+        return
     config = get_config()
     with tempfile.TemporaryDirectory(prefix="pipeline_bench_") as tmp_dir:
         t0 = time.perf_counter()
@@ -134,12 +331,15 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         **{f"{k}_{m}": v for k, r in results.items() for m, v in r.items()},
     }
+    write_result(out, args.out, "pipeline_throughput.json")
+
+
+def write_result(out: dict, directory: str, name: str) -> None:
+    """Prints the figures and writes them to directory/name (if a directory is given)."""
     text = json.dumps(out, indent=2)
     print(text)
-    if args.out:
-        path = atomic_files.write_text(
-            os.path.join(args.out, "pipeline_throughput.json"), text + "\n"
-        )
+    if directory:
+        path = atomic_files.write_text(os.path.join(directory, name), text + "\n")
         print(f"wrote {path}")
 
 

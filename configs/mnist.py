@@ -84,6 +84,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.encoder.pretrained = ""
     c.encoder.input_size = 224  # pretrained only: images resized to this (multiple of 14)
     c.encoder.log_every = 100  # steps between progress lines
+    # >0: train the encoder on a seeded random subset of this many train images, read into
+    # memory; required (e.g. 100_000) when the train split is streamed from disk. 0 = all.
+    c.encoder.max_train_images = 0
 
     # --- episodes and pair filtering ----------------------------------------------------
     c.episodes = ml_collections.ConfigDict()

@@ -38,6 +38,8 @@ from semantica_jax.utils import atomic_files
 
 Log = Callable[[str], None]
 
+_ENCODER_SUBSET_STREAM = 11  # random stream of the encoder's training subset
+
 
 @dataclasses.dataclass
 class EmbeddedSplit:
@@ -278,12 +280,39 @@ def load_or_train_encoder(
             )
             os.replace(directory, aside)
     log(f"encoder: no cached encoder for this config; training into {directory}")
-    images, labels = load_split(config, config.data.train_split)
+    images, labels = encoder_training_images(config, *load_split(config, config.data.train_split))
     try:
         return encoder_train.train_and_save(config, directory, images, labels, log=log)
     except FileExistsError:
         # Another process finished the same encoder first: use theirs.
         return encoder_bundle.load_encoder(directory, expected=vit)
+
+
+def encoder_training_images(
+    config: ml_collections.ConfigDict, images: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The images the encoder trains on, in memory: all, or `encoder.max_train_images` of
+    them drawn without replacement (seeded; rows kept in split order).
+
+    Raises:
+      UserError: the split is on disk (above data.stream_above_mb) and no cap is set.
+    """
+    from semantica_jax.errors import UserError
+
+    cap = int(config.encoder.get("max_train_images", 0))
+    if 0 < cap < len(images):
+        rng = np.random.default_rng((int(config.seed), _ENCODER_SUBSET_STREAM))
+        rows = np.sort(rng.choice(len(images), cap, replace=False))
+        return np.asarray(images[rows]), labels[rows]
+    if cap > 0:
+        return np.asarray(images), labels  # the user allows all of them in memory
+    if not isinstance(images, np.ndarray):
+        raise UserError(
+            f"the train split ({len(images)} images) is streamed from disk and the encoder "
+            "trains in memory: set config.encoder.max_train_images (e.g. 100000) to train it "
+            "on a random subset"
+        )
+    return images, labels
 
 
 def encoder_token_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:

@@ -176,7 +176,12 @@ RESUMABLE_CHANGES = (
     "sampler.",
     "encoder.checkpoint",
     "encoder.log_every",
+    "data.stream_above_mb",  # where the data lives (memory or disk), not what it is
 )
+# Fields added or dropped after runs existed, with the value that means the old behaviour:
+# a config.json without them (or a config without a dropped one) still resumes.
+ADDED_FIELDS = {"encoder.max_train_images": 0}
+DROPPED_FIELDS = ("data.shuffle_buffer",)
 
 
 @contextlib.contextmanager
@@ -215,8 +220,11 @@ def flat_config(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def config_differences(stored: dict, wanted: dict) -> list[str]:
     """Fields that differ between two config dicts and that a resumed run must not change."""
-    a = flat_config(json.loads(json.dumps(stored)))
-    b = flat_config(json.loads(json.dumps(wanted)))
+    a = {**ADDED_FIELDS, **flat_config(json.loads(json.dumps(stored)))}
+    b = {**ADDED_FIELDS, **flat_config(json.loads(json.dumps(wanted)))}
+    for key in DROPPED_FIELDS:
+        a.pop(key, None)
+        b.pop(key, None)
     return sorted(
         f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
         for key in set(a) | set(b)

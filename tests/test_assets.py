@@ -120,3 +120,29 @@ def test_embedded_split_with_classes_keeps_only_those_labels():
     np.testing.assert_array_equal(kept.tokens, split.tokens[[1, 6, 7]])
     with pytest.raises(ValueError, match="no image of classes"):
         split.with_classes((9,))
+
+
+def test_encoder_trains_on_a_seeded_subset_and_a_split_on_disk_needs_one(tmp_path):
+    from semantica_jax.data import disk_array
+    from semantica_jax.errors import UserError
+
+    config = mnist_config.get_config("tiny")
+    images = np.arange(40 * 2 * 2, dtype=np.uint8).reshape(40, 2, 2, 1)
+    labels = np.arange(40, dtype=np.int32)
+    np.save(tmp_path / "images.npy", images)
+    on_disk = disk_array.DiskArray(str(tmp_path / "images.npy"))
+    same, same_labels = assets.encoder_training_images(config, images, labels)
+    assert same is images and same_labels is labels  # no cap: the array itself
+    with pytest.raises(UserError, match="encoder.max_train_images"):
+        assets.encoder_training_images(config, on_disk, labels)
+    config.encoder.max_train_images = 15
+    subset, subset_labels = assets.encoder_training_images(config, on_disk, labels)
+    assert isinstance(subset, np.ndarray) and len(subset) == 15
+    assert np.all(np.diff(subset_labels) > 0)  # distinct rows, in split order
+    np.testing.assert_array_equal(subset, images[subset_labels])
+    again, _ = assets.encoder_training_images(config, images, labels)
+    np.testing.assert_array_equal(again, subset)  # same seed, same rows
+    config.encoder.max_train_images = 40
+    np.testing.assert_array_equal(
+        assets.encoder_training_images(config, on_disk, labels)[0], images
+    )

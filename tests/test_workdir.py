@@ -68,3 +68,20 @@ def test_readers_fall_back_past_a_damaged_newest_checkpoint(tool_workdir, tmp_pa
     _damage_arrays(run / "checkpoints" / "1")
     with pytest.raises(errors.UserError, match=r"no usable checkpoint .*\[2, 1\]"):
         run_dir.restore_ema_params(str(run))
+
+
+def test_a_run_from_before_added_and_dropped_fields_still_resumes(tmp_path):
+    from configs import mnist
+
+    config = mnist.get_config("tiny")
+    os.makedirs(tmp_path / "checkpoints")
+    old = json.loads(config.to_json_best_effort())
+    del old["encoder"]["max_train_images"], old["data"]["stream_above_mb"]
+    old["data"]["shuffle_buffer"] = 0  # a field an earlier version wrote
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(old, f)
+    config.data.stream_above_mb = 0.0  # streaming the data changes nothing it learns
+    run_dir.check_resumable(config, str(tmp_path))
+    config.encoder.max_train_images = 100  # this does
+    with pytest.raises(errors.UserError, match="encoder.max_train_images: 0 -> 100"):
+        run_dir.check_resumable(config, str(tmp_path))

@@ -89,6 +89,8 @@ def encoder_identity(config: ml_collections.ConfigDict) -> dict:
     from semantica_jax.data import folder
 
     section = {k: v for k, v in config.encoder.to_dict().items() if k not in _NON_WEIGHT_FIELDS}
+    if not section.get("max_train_images"):
+        section.pop("max_train_images", None)  # 0 = all images: the key it always had
     extra = {}
     if folder.is_folder_dataset(config.data.dataset):  # its content, not only its path
         listing = folder.scan(folder.folder_path(config.data.dataset))
