@@ -19,6 +19,7 @@ and on several processes the first build runs on process 0 while the others wait
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import shutil
@@ -115,18 +116,20 @@ class StoreSpec:
     image_shape: tuple[int, int, int]
 
 
-def _tfds_name(config: ml_collections.ConfigDict, split: str) -> str:
-    """The TFDS name the split is read under, prepared first (MNIST, a user's folder)."""
-    from semantica_jax.data import folder, mnist
+def _tfds_source(config: ml_collections.ConfigDict, split: str) -> tuple[str, int]:
+    """(TFDS name the split is read under, its number of examples at data.max_examples).
 
-    data = config.data
-    if folder.is_folder_dataset(data.dataset):
-        return folder.tfds_name(
-            data.dataset, split, data_dir(config), data.image_size, data.channels
-        )
-    if data.dataset == mnist.MNIST_NAME:
-        mnist.prepare_mnist(data_dir(config))
-    return data.dataset
+    Prepares what is ours to prepare first: MNIST (a damaged copy is prepared again, as
+    `load_split` does) and a user's folder (whose TFDS name fingerprints its content).
+    """
+    from semantica_jax.data import folder, mnist, tfds_images
+
+    data, root = config.data, data_dir(config)
+    name = data.dataset
+    if folder.is_folder_dataset(name):
+        name = folder.tfds_name(name, split, root, data.image_size, data.channels)
+    size = functools.partial(tfds_images.split_size, name, split, root, data.max_examples)
+    return name, mnist.recovering(root, size) if name == mnist.MNIST_NAME else size()
 
 
 def stream_spec(config: ml_collections.ConfigDict, split: str) -> StoreSpec | None:
@@ -139,15 +142,13 @@ def stream_spec(config: ml_collections.ConfigDict, split: str) -> StoreSpec | No
     limit = float(data.get("stream_above_mb", -1))
     if limit < 0:
         return None
-    from semantica_jax.data import tfds_images
-
-    name = _tfds_name(config, split)
-    total = tfds_images.split_size(name, split, data_dir(config), data.max_examples)
+    name, total = _tfds_source(config, split)
     shape = (int(data.image_size), int(data.image_size), int(data.channels))
     if total * int(np.prod(shape)) <= limit * 2**20:
         return None
     identity = {
         "dataset": data.dataset,
+        "tfds_name": name,  # a folder's name changes with its content
         "split": split,
         "image_shape": list(shape),
         "max_examples": int(data.max_examples),

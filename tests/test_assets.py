@@ -146,3 +146,16 @@ def test_encoder_trains_on_a_seeded_subset_and_a_split_on_disk_needs_one(tmp_pat
     np.testing.assert_array_equal(
         assets.encoder_training_images(config, on_disk, labels)[0], images
     )
+
+
+def test_a_split_streams_above_the_threshold_only(session_cache):
+    config = mnist_config.get_config("tiny")  # 512 train images of 28x28x1: 0.383 MiB
+    config.cache_dir = session_cache
+    for limit, streams in ((-1.0, False), (0.38, True), (0.39, False), (1024.0, False)):
+        config.data.stream_above_mb = limit
+        spec = assets.stream_spec(config, "train")
+        assert (spec is not None) == streams, limit
+    config.data.stream_above_mb = 0.0
+    spec = assets.stream_spec(config, "train")
+    assert spec.total == 512 and spec.image_shape == (28, 28, 1)
+    assert spec.directory.endswith(os.path.join("images", "mnist-train-28x28x1-first512"))

