@@ -32,10 +32,11 @@ def stored(tmp_path):
         slice(None, None, -4),
         np.array([9, 2, 2, 49, 20, 0, 21, 3]),  # unordered, repeated, across part borders
         np.array([], np.int64),
+        np.array([[3, 40], [40, 0], [19, 20]]),  # [P, 2] like the pair list
         np.arange(50) % 3 == 0,
         (np.array([4, 1]), 2, slice(None), 0),
     ],
-    ids=["int", "negative", "slice", "reversed", "gather", "empty", "mask", "tuple"],
+    ids=["int", "negative", "slice", "reversed", "gather", "empty", "pairs", "mask", "tuple"],
 )
 def test_indexing_equals_numpy(stored, index):
     x, whole, concat = stored

@@ -71,9 +71,9 @@ class _RowArray:
         if isinstance(index, tuple):
             index, rest = index[0], index[1:]
         rows, scalar = _rows_of(index, self.shape[0])
-        out = self._read(rows)
+        out = self._read(rows.ravel()).reshape(*rows.shape, *self.shape[1:])
         out = out[0] if scalar else out
-        return out[(slice(None),) * (not scalar) + rest] if rest else out
+        return out[(slice(None),) * (rows.ndim * (not scalar)) + rest] if rest else out
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out = self[:]
@@ -87,7 +87,7 @@ class DiskArray(_RowArray):
     """Read-only rows of a C-ordered `.npy` file, read on demand (see the module docstring).
 
     Args:
-      path: the `.npy` file (format 1.0-3.0, C order, any fixed-size dtype).
+      path: the `.npy` file (format 1.0 or 2.0, as numpy writes them; C order, no objects).
     """
 
     def __init__(self, path: str) -> None:
