@@ -81,6 +81,8 @@ def _problem(path: str, identity: dict, rows: tuple[int, int]) -> str:
     manifest = _read_manifest(path)
     if manifest is None:
         return "no readable manifest"
+    if manifest.get("format") != STORE_FORMAT:
+        return f"format {manifest.get('format')}, this version writes {STORE_FORMAT}"
     if manifest.get("identity") != identity or tuple(manifest.get("rows", ())) != rows:
         return f"built for {manifest.get('identity')} rows {manifest.get('rows')}"
     try:
