@@ -23,7 +23,6 @@ building, fingerprints it for the embedding cache.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import uuid
@@ -69,11 +68,7 @@ class StoredSplit:
 
 
 def _read_manifest(path: str) -> dict | None:
-    try:
-        with open(os.path.join(path, _MANIFEST)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    return atomic_files.read_json(os.path.join(path, _MANIFEST))
 
 
 def _problem(path: str, identity: dict, rows: tuple[int, int]) -> str:

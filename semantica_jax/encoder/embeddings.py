@@ -18,7 +18,6 @@ cache (a leftover `.tmp-*` dir is ignored and can be deleted).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import time
@@ -80,11 +79,7 @@ def file_sha256(path: str) -> str:
 
 
 def _read_manifest(directory: str) -> dict | None:
-    try:
-        with open(os.path.join(directory, _MANIFEST)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    return atomic_files.read_json(os.path.join(directory, _MANIFEST))
 
 
 def _stale_reasons(directory: str, manifest: dict, identity: dict) -> list[str]:

@@ -79,6 +79,15 @@ def write_json(
     )
 
 
+def read_json(path: str) -> Any:
+    """The JSON value in `path`, or None if it is missing or does not parse."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def save_figure(fig: Any, path: str, **savefig_kwargs: Any) -> str:
     """Saves a matplotlib figure to `path` atomically and closes it; returns `path`.
 
