@@ -61,20 +61,20 @@ def test_rerun_of_finished_run_changes_nothing(tiny_run, session_cache, run_main
 
 
 def test_streamed_split_trains_as_in_memory_and_resumes_exactly(
-    tiny_run, session_cache, tmp_path, run_main, restore
+    tiny_run, session_cache, tmp_path, run_main, restore, assert_same_run
 ):
     """stream_above_mb=0: both splits go to the on-disk store; the run is the in-memory run
-    (up to float rounding: the shards' embeddings are computed in another process), and one
-    resumed from its step-3 checkpoint ends bit for bit where the uninterrupted one did."""
+    (to the tolerance of runs on other devices: the shards' embeddings come from another
+    process, and under load they have differed from the in-memory ones by float rounding),
+    and one resumed from its step-3 checkpoint ends bit for bit where the uninterrupted one
+    did."""
     import shutil
 
     workdir = str(tmp_path / "run")
     run_main(workdir, session_cache, "--config.data.stream_above_mb=0")
     assert glob.glob(os.path.join(session_cache, "images", "mnist-test-*", "rows-*"))
     first = {item: restore(workdir, item=item)[0] for item in ("params", "ema_params")}
-    reference, _ = restore(tiny_run)
-    for k in reference:
-        np.testing.assert_allclose(first["params"][k], reference[k], rtol=1e-5, atol=1e-7)
+    assert_same_run(tiny_run, workdir)
     shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))
     run_main(workdir, session_cache, "--config.data.stream_above_mb=0")
     for item, uninterrupted in first.items():
