@@ -227,11 +227,9 @@ def read_tfds_images(
         raise ValueError(f"rows {rows} outside the {total} examples of {dataset}:{split}")
     if rows is not None and plain:
         split = f"{split.split('[')[0]}[{start}:{stop}]"  # TFDS opens only those files
-        ds = builder.as_dataset(split=split, shuffle_files=False)
-    else:
-        ds = builder.as_dataset(split=split, shuffle_files=False)
-        if rows is not None:
-            ds = ds.skip(start).take(stop - start)
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    if rows is not None and not plain:
+        ds = ds.skip(start).take(stop - start)  # a sliced or combined split: no nesting
 
     # Plain TF ops with Python-static branches: AutoGraph has nothing to convert.
     @tf.autograph.experimental.do_not_convert
