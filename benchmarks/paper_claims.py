@@ -251,10 +251,12 @@ def arm_config(arm: Arm, *, steps: int, seed: int, tiny: bool, cache_dir: str):
 
 def run_key(config) -> str:
     """Identity of a training run: what changes the trained weights, as a short name."""
-    from semantica_jax.workdir import flat_config
+    from semantica_jax.workdir import flat_config, stable_fields
 
+    # Not what the weights depend on: evaluation knobs and where this machine keeps caches.
+    flat = stable_fields(flat_config(config.to_dict()))
     blob = json.dumps(
-        {k: v for k, v in flat_config(config.to_dict()).items() if not k.startswith("eval.")},
+        {k: v for k, v in flat.items() if not k.startswith(("eval.", "cache_dir"))},
         sort_keys=True,
         default=list,
     )
@@ -412,6 +414,20 @@ def _copies(config, test, cond_index, samples, feats, feature_fn, seed) -> dict[
     }
 
 
+def measurement_keys(arm: Arm, config, *, steps: int, num: int) -> list[tuple[int, str]]:
+    """(checkpoint step, measurement name) of each point of an arm's run, last one last."""
+    guidance = float(config.sampler.guidance if arm.guidance is None else arm.guidance)
+    classes = "".join(map(str, arm.eval_classes))
+    every = config.train.checkpoint_every
+    keys = []
+    for fraction in arm.at_fractions:
+        step = max(1, round(fraction * steps / every) * every) if fraction < 1 else steps
+        # v2: FID intervals debiased (metrics/bootstrap.fid_interval).
+        key = f"{run_key(config)}-step{step}-n{num}-w{guidance:g}-c{classes}-v2"
+        keys.append((step, key + ("-copies" if arm.copies else "")))
+    return keys
+
+
 def measure_arm(claim: Claim, arm: Arm, args) -> list[dict[str, Any]]:
     """Trains and measures one arm for every seed; returns one record per (seed, step)."""
     records = []
@@ -419,26 +435,19 @@ def measure_arm(claim: Claim, arm: Arm, args) -> list[dict[str, Any]]:
         config = arm_config(
             arm, steps=args.steps, seed=seed, tiny=args.tiny, cache_dir=args.cache_dir
         )
-        if args.default_workdir and _is_plain_default(arm, seed):
+        paths = {
+            step: os.path.join(args.out, "measurements", f"{key}.json")
+            for step, key in measurement_keys(arm, config, steps=args.steps, num=args.num)
+        }
+        if all(os.path.isfile(p) for p in paths.values()):
+            # Everything measured already (e.g. committed results): no run needed.
+            workdir, train_seconds = os.path.join(args.out, "workdirs", run_key(config)), 0.0
+        elif args.default_workdir and _is_plain_default(arm, seed):
             workdir, train_seconds = reused_default(args.default_workdir, args.steps), 0.0
         else:
             workdir, train_seconds = train_arm(config, args.out)
-        for fraction in arm.at_fractions:
-            step = (
-                max(
-                    1,
-                    round(fraction * args.steps / config.train.checkpoint_every)
-                    * config.train.checkpoint_every,
-                )
-                if fraction < 1
-                else args.steps
-            )
-            guidance = float(config.sampler.guidance if arm.guidance is None else arm.guidance)
-            classes = "".join(map(str, arm.eval_classes))
-            # v2: FID intervals debiased (metrics/bootstrap.fid_interval).
-            key = f"{run_key(config)}-step{step}-n{args.num}-w{guidance:g}-c{classes}-v2"
-            key += "-copies" if arm.copies else ""
-            path = os.path.join(args.out, "measurements", f"{key}.json")
+        guidance = float(config.sampler.guidance if arm.guidance is None else arm.guidance)
+        for step, path in paths.items():
             if os.path.isfile(path):
                 with open(path) as f:
                     metrics = json.load(f)

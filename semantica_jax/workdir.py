@@ -178,10 +178,27 @@ RESUMABLE_CHANGES = (
     "encoder.log_every",
     "data.stream_above_mb",  # where the data lives (memory or disk), not what it is
 )
-# Fields added or dropped after runs existed, with the value that means the old behaviour:
-# a config.json without them (or a config without a dropped one) still resumes.
-ADDED_FIELDS = {"encoder.max_train_images": 0}
-DROPPED_FIELDS = ("data.shuffle_buffer",)
+# Fields added or dropped after runs existed: an added one with the value that means the
+# old behaviour, a dropped one with its last default. A config.json without an added field
+# (or with a dropped one) still resumes, and `stable_fields` gives old runs their old names.
+ADDED_FIELDS = {
+    "encoder.pretrained": "",
+    "encoder.input_size": 224,
+    "encoder.max_train_images": 0,
+    "data.stream_above_mb": 1024.0,
+}
+DROPPED_FIELDS = {"data.shuffle_buffer": 0}
+
+
+def stable_fields(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flat config as it was written before ADDED/DROPPED_FIELDS changed the config.
+
+    Added fields at their old-behaviour value are left out and dropped fields put back at
+    their last default, so that a name hashed from the fields (a benchmark's run key) is
+    the same for a run from before the change and for the same run configured today.
+    """
+    out = {k: v for k, v in flat.items() if not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
+    return {**DROPPED_FIELDS, **out}
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -78,3 +79,37 @@ def test_harness_end_to_end_on_tiny_arms(session_cache, tmp_path):
     assert [r["full"]["fid"] for r in again["records"]] == [
         r["full"]["fid"] for r in result["records"]
     ]
+    # Measured results alone (as committed, without the git-ignored runs) need no training.
+    shutil.rmtree(out / "workdirs")
+    (third,) = paper_claims.main(argv)
+    assert not os.path.exists(out / "workdirs")
+    assert third["verdict"] == result["verdict"]
+
+
+def test_run_key_names_what_the_weights_depend_on(tmp_path):
+    def key(cache="a", **changes):
+        config = paper_claims.arm_config(
+            paper_claims.Arm("x"), steps=10, seed=0, tiny=True, cache_dir=str(tmp_path / cache)
+        )
+        for dotted, value in changes.items():
+            paper_claims._set(config, dotted.replace("__", "."), value)
+        return paper_claims.run_key(config)
+
+    same = key()
+    assert key(cache="b") == same  # a machine's cache path is not part of the run
+    assert key(eval__num_images=7) == same
+    # Fields added since runs existed, at their old-behaviour value, keep old names.
+    assert key(data__stream_above_mb=1024.0, encoder__max_train_images=0) == same
+    assert key(encoder__max_train_images=100) != same
+    assert key(train__learning_rate=0.5) != same
+    assert key(seed=1) != same and key(seed=1).startswith("tiny-s1-n10-")
+
+
+def test_committed_measurements_keep_their_names():
+    """The default arm's run key at 1,500 steps: if a config change alters it, the committed
+    measurements (benchmarks/results/claims) would no longer be found; give the new field
+    its old-behaviour value in workdir.ADDED_FIELDS instead."""
+    config = paper_claims.arm_config(
+        paper_claims.Arm("default"), steps=1500, seed=0, tiny=False, cache_dir=""
+    )
+    assert paper_claims.run_key(config) == "default-s0-n1500-31287f02"

@@ -85,3 +85,15 @@ def test_a_run_from_before_added_and_dropped_fields_still_resumes(tmp_path):
     config.encoder.max_train_images = 100  # this does
     with pytest.raises(errors.UserError, match="encoder.max_train_images: 0 -> 100"):
         run_dir.check_resumable(config, str(tmp_path))
+
+
+def test_stable_fields_give_a_config_its_fields_from_before_they_changed():
+    from configs import mnist
+
+    flat = run_dir.flat_config(mnist.get_config().to_dict())
+    old = run_dir.stable_fields(flat)
+    assert "encoder.max_train_images" not in old and "data.stream_above_mb" not in old
+    assert old["data.shuffle_buffer"] == 0  # dropped since, back at its last default
+    assert {k: v for k, v in old.items() if k != "data.shuffle_buffer"}.items() <= flat.items()
+    changed = run_dir.stable_fields({**flat, "encoder.max_train_images": 100})
+    assert changed["encoder.max_train_images"] == 100  # not the old behaviour: kept
