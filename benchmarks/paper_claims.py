@@ -88,6 +88,9 @@ class Claim:
     arms: tuple[Arm, ...]
     comparisons: tuple[Comparison, ...]
     plot_metric: str
+    # Show each arm's training pairs (kept share, off-topic share, the cosine histogram
+    # with the filter's thresholds) next to the metrics.
+    pairs: bool = False
 
 
 def _guidance_arms() -> tuple[Arm, ...]:
@@ -159,6 +162,7 @@ CLAIMS = (
             ),
         ),
         "one_shot.fid",
+        pairs=True,
     ),
     Claim(
         "unseen",
@@ -414,6 +418,37 @@ def _copies(config, test, cond_index, samples, feats, feature_fn, seed) -> dict[
     }
 
 
+PAIR_FIELDS = (
+    "num_kept",
+    "kept_fraction",
+    "low_cosine",
+    "high_cosine",
+    "offtopic_pair_fraction_before",
+    "offtopic_pair_fraction_after",
+    "label_mismatch_fraction_before",
+    "label_mismatch_fraction_after",
+    "histogram",
+)
+
+
+def pair_statistics(workdir: str, copy: str) -> dict[str, Any]:
+    """The arm's training pairs (`WORKDIR/pair_similarity.json`: counts, thresholds and the
+    cosine histogram of the candidate pairs), kept at `copy` so that they outlive the
+    git-ignored run; {} for a run without one. Returns PAIR_FIELDS."""
+    source = os.path.join(workdir, "pair_similarity.json")
+    if os.path.isfile(source):
+        with open(source) as f:
+            stats = json.load(f)
+        if not os.path.isfile(copy):
+            _write_json(copy, stats)
+    elif os.path.isfile(copy):
+        with open(copy) as f:
+            stats = json.load(f)
+    else:
+        return {}
+    return {k: stats.get(k) for k in PAIR_FIELDS}
+
+
 def measurement_keys(arm: Arm, config, *, steps: int, num: int) -> list[tuple[int, str]]:
     """(checkpoint step, measurement name) of each point of an arm's run, last one last."""
     guidance = float(config.sampler.guidance if arm.guidance is None else arm.guidance)
@@ -446,6 +481,7 @@ def measure_arm(claim: Claim, arm: Arm, args) -> list[dict[str, Any]]:
             workdir, train_seconds = reused_default(args.default_workdir, args.steps), 0.0
         else:
             workdir, train_seconds = train_arm(config, args.out)
+        pairs = pair_statistics(workdir, os.path.join(args.out, "pairs", f"{run_key(config)}.json"))
         guidance = float(config.sampler.guidance if arm.guidance is None else arm.guidance)
         for step, path in paths.items():
             if os.path.isfile(path):
@@ -474,6 +510,7 @@ def measure_arm(claim: Claim, arm: Arm, args) -> list[dict[str, Any]]:
                     "workdir": os.path.relpath(workdir, ROOT),
                     "train_seconds_this_call": round(train_seconds, 1),
                     **metrics,
+                    **({"pairs": pairs} if pairs else {}),
                 }
             )
     return records
@@ -544,9 +581,14 @@ def plot(claim: Claim, records: list[dict[str, Any]], path: str) -> None:
     from semantica_jax.utils import atomic_files
 
     metrics = list(dict.fromkeys([claim.plot_metric, *(c.metric for c in claim.comparisons)]))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), dpi=100)
+    pairs = {r["arm"]: r["pairs"] for r in records if r.get("pairs")} if claim.pairs else {}
+    panels = len(metrics) + bool(pairs)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), dpi=100)
+    axes = np.atleast_1d(axes)
+    if pairs:
+        _plot_pairs(axes[-1], pairs)
     curves = any(len(a.at_fractions) > 1 for a in claim.arms)
-    for ax, metric in zip(np.atleast_1d(axes), metrics, strict=True):
+    for ax, metric in zip(axes[: len(metrics)], metrics, strict=True):
         for i, arm in enumerate(claim.arms):
             mine = sorted((r for r in records if r["arm"] == arm.name), key=lambda r: r["step"])
             values = [metric_of(r, metric) for r in mine]
@@ -578,6 +620,21 @@ def plot(claim: Claim, records: list[dict[str, Any]], path: str) -> None:
     fig.suptitle(f"{claim.name}: {claim.source}", fontsize=9)
     fig.tight_layout()
     atomic_files.save_figure(fig, path, format="png")
+
+
+def _plot_pairs(ax, pairs: dict[str, dict[str, Any]]) -> None:
+    """Cosine histogram of each arm's candidate pairs, its kept band as dotted lines."""
+    for i, (name, stats) in enumerate(pairs.items()):
+        edges, counts = np.asarray(stats["histogram"]["edges"]), stats["histogram"]["counts"]
+        density = np.asarray(counts) / max(1, sum(counts)) / np.diff(edges)
+        kept = f"{stats['kept_fraction']:.0%} kept"
+        line = ax.stairs(density, edges, label=f"{name} ({kept})", linestyle=("-", "--")[i % 2])
+        for t in (stats["low_cosine"], stats["high_cosine"]):
+            if t is not None:
+                ax.axvline(t, color=line.get_edgecolor(), linestyle=":", linewidth=1)
+    ax.set_xlabel("encoder cosine of a candidate pair (dotted: kept band)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7)
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -618,6 +675,19 @@ def _fmt(v: dict[str, Any]) -> str:
     return f"{v['value']:.3g} [{v['low']:.3g}, {v['high']:.3g}]"
 
 
+def _pairs_line(records: list[dict[str, Any]]) -> str:
+    """'pairs kept (off-topic share before -> after): arm 42% (46% -> 20%); ...'."""
+    seen = {}
+    for r in records:
+        if r.get("pairs") and r["arm"] not in seen:
+            p = r["pairs"]
+            seen[r["arm"]] = (
+                f"{r['arm']} {p['kept_fraction']:.0%} ({p['offtopic_pair_fraction_before']:.0%}"
+                f" -> {p['offtopic_pair_fraction_after']:.0%})"
+            )
+    return "pairs kept (off-topic share of pairs before -> after): " + "; ".join(seen.values())
+
+
 def write_table(out: str, path: str = TABLE) -> str:
     """docs/paper_claims.md from every claim JSON in `out` (claims in spec order)."""
     from semantica_jax.utils import atomic_files
@@ -649,6 +719,8 @@ def write_table(out: str, path: str = TABLE) -> str:
             f" (s{r['seed']}, {r['outcome']})"
             for r in result["comparisons"]
         )
+        if claim.pairs:
+            rows += "<br>" + _pairs_line(result["records"])
         budget = (
             f"{result['steps']} steps, N={result['num']}, {result['seeds']} seed(s), "
             f"floor {result['real_floor_fid']:.2f}, {result['cpu']}"

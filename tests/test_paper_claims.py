@@ -113,3 +113,29 @@ def test_committed_measurements_keep_their_names():
         paper_claims.Arm("default"), steps=1500, seed=0, tiny=False, cache_dir=""
     )
     assert paper_claims.run_key(config) == "default-s0-n1500-31287f02"
+
+
+def test_pair_statistics_outlive_the_run_and_show_in_plot_and_table(tmp_path):
+    workdir, copy = tmp_path / "run", tmp_path / "claims" / "pairs" / "key.json"
+    workdir.mkdir()
+    stats = {k: 0.5 for k in paper_claims.PAIR_FIELDS}
+    stats.update(num_kept=10, low_cosine=0.5, high_cosine=None, kept_fraction=0.42)
+    stats["histogram"] = {"edges": [-1.0, 0.0, 0.5, 1.0], "counts": [1, 3, 6]}
+    stats["offtopic_pair_fraction_before"], stats["offtopic_pair_fraction_after"] = 0.46, 0.2
+    (workdir / "pair_similarity.json").write_text(json.dumps({**stats, "extra": 1}))
+    got = paper_claims.pair_statistics(str(workdir), str(copy))
+    assert got == stats and copy.is_file()
+    shutil.rmtree(workdir)  # the run is git-ignored; the copy is what stays
+    assert paper_claims.pair_statistics(str(workdir), str(copy)) == stats
+    assert paper_claims.pair_statistics(str(workdir), str(tmp_path / "none.json")) == {}
+
+    claim = paper_claims.BY_NAME["filtering"]
+    interval = {"value": 100.0, "low": 90.0, "high": 110.0}
+    records = [
+        {"arm": a.name, "seed": 0, "step": 3, "one_shot": {"fid": interval}, "pairs": stats}
+        for a in claim.arms
+    ]
+    paper_claims.plot(claim, records, str(tmp_path / "filtering.png"))
+    assert (tmp_path / "filtering.png").stat().st_size > 1000
+    line = paper_claims._pairs_line(records)
+    assert line.count("42% (46% -> 20%)") == len(claim.arms)
