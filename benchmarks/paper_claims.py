@@ -91,6 +91,8 @@ class Claim:
     # Show each arm's training pairs (kept share, off-topic share, the cosine histogram
     # with the filter's thresholds) next to the metrics.
     pairs: bool = False
+    # Decoder steps of every arm unless --steps says otherwise (the published budget).
+    steps: int = 1500
 
 
 def _guidance_arms() -> tuple[Arm, ...]:
@@ -120,6 +122,7 @@ CLAIMS = (
             Comparison("one_shot.diversity", "pairs (default)", "reconstruction", "higher"),
         ),
         "copy_rate",
+        steps=3500,
     ),
     Claim(
         "guidance",
@@ -131,6 +134,7 @@ CLAIMS = (
             Comparison("full.recall", "w=4", "w=0", "higher"),
         ),
         "one_shot.recall",
+        steps=3500,
     ),
     Claim(
         "conditioning",
@@ -280,20 +284,27 @@ def _is_plain_default(arm: Arm, seed: int) -> bool:
     )
 
 
-def reused_default(path: str, steps: int) -> str:
-    """A finished default run given by --default_workdir, checked to be one at `steps`."""
+def default_run_steps(path: str) -> int:
+    """The final step of the finished default run (seed 0) given by --default_workdir.
+
+    Raises:
+      ValueError: with the reason, when it is not one.
+    """
+    from semantica_jax import errors
     from semantica_jax import workdir as run_dir
 
-    config = run_dir.load_config(path)
-    with open(run_dir.summary_path(path)) as f:
-        final = json.load(f).get("final_step")
-    if config.variant != "default" or final != steps or config.seed != 0:
-        raise SystemExit(
-            f"error: --default_workdir={path} is variant {config.variant!r}, seed "
-            f"{config.seed}, finished at step {final}; it must be the default, seed 0, at "
-            f"--steps={steps}"
+    try:
+        config = run_dir.load_config(path)
+        with open(run_dir.summary_path(path)) as f:
+            final = json.load(f).get("final_step")
+    except (OSError, ValueError, errors.UserError) as err:
+        raise ValueError(f"it is not a finished run ({err})") from err
+    if config.variant != "default" or config.seed != 0 or not isinstance(final, int):
+        raise ValueError(
+            f"it is variant {config.variant!r}, seed {config.seed}, final step {final}; "
+            "it must be a finished default run, seed 0"
         )
-    return os.path.abspath(path)
+    return final
 
 
 def train_arm(config, out: str) -> tuple[str, float]:
@@ -463,22 +474,20 @@ def measurement_keys(arm: Arm, config, *, steps: int, num: int) -> list[tuple[in
     return keys
 
 
-def measure_arm(claim: Claim, arm: Arm, args) -> list[dict[str, Any]]:
+def measure_arm(claim: Claim, arm: Arm, args, steps: int) -> list[dict[str, Any]]:
     """Trains and measures one arm for every seed; returns one record per (seed, step)."""
     records = []
     for seed in range(args.seeds):
-        config = arm_config(
-            arm, steps=args.steps, seed=seed, tiny=args.tiny, cache_dir=args.cache_dir
-        )
+        config = arm_config(arm, steps=steps, seed=seed, tiny=args.tiny, cache_dir=args.cache_dir)
         paths = {
             step: os.path.join(args.out, "measurements", f"{key}.json")
-            for step, key in measurement_keys(arm, config, steps=args.steps, num=args.num)
+            for step, key in measurement_keys(arm, config, steps=steps, num=args.num)
         }
         if all(os.path.isfile(p) for p in paths.values()):
             # Everything measured already (e.g. committed results): no run needed.
             workdir, train_seconds = os.path.join(args.out, "workdirs", run_key(config)), 0.0
-        elif args.default_workdir and _is_plain_default(arm, seed):
-            workdir, train_seconds = reused_default(args.default_workdir, args.steps), 0.0
+        elif args.default_steps == steps and _is_plain_default(arm, seed):
+            workdir, train_seconds = os.path.abspath(args.default_workdir), 0.0
         else:
             workdir, train_seconds = train_arm(config, args.out)
         pairs = pair_statistics(workdir, os.path.join(args.out, "pairs", f"{run_key(config)}.json"))
@@ -736,7 +745,8 @@ def write_table(out: str, path: str = TABLE) -> str:
 
 def run_claim(claim: Claim, args) -> dict[str, Any]:
     start = time.perf_counter()
-    records = [r for arm in claim.arms for r in measure_arm(claim, arm, args)]
+    steps = args.steps or claim.steps
+    records = [r for arm in claim.arms for r in measure_arm(claim, arm, args, steps)]
     comparisons, verdict = judge(claim, records, args.seeds)
     result = {
         "claim": claim.name,
@@ -745,7 +755,7 @@ def run_claim(claim: Claim, args) -> dict[str, Any]:
         "verdict": verdict,
         "comparisons": comparisons,
         "records": records,
-        "steps": args.steps,
+        "steps": steps,
         "seeds": args.seeds,
         "num": args.num,
         "tiny": args.tiny,
@@ -765,16 +775,19 @@ def parse_args(argv: list[str]):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--claim", default="all", help=f"all or one of {', '.join(BY_NAME)}")
     p.add_argument("--out", default=DEFAULT_OUT)
-    p.add_argument("--steps", type=int, default=1500, help="decoder steps of every arm")
+    p.add_argument(
+        "--steps", type=int, default=None, help="decoder steps of every arm (default: the claim's)"
+    )
     p.add_argument("--seeds", type=int, default=1, help="seeds per arm")
-    p.add_argument("--num", type=int, default=2000, help="N images per protocol (x10)")
+    p.add_argument("--num", type=int, default=500, help="N images per protocol (x10)")
     p.add_argument("--cache_dir", default="", help="'' = the config's cache dir")
     p.add_argument("--tiny", action="store_true", help="arms on the tiny config (tests)")
     p.add_argument(
         "--default_workdir",
         default="",
-        help="a finished default run at --steps (e.g. workdirs/mnist_default from make demo) "
-        "used for the arms that are the plain default, seed 0, instead of training one",
+        help="a finished default run (e.g. workdirs/mnist_default from make demo) used for "
+        "the arms that are the plain default, seed 0, at its number of steps, instead of "
+        "training one",
     )
     p.add_argument("--table", default=TABLE, help="markdown table to rewrite ('' = none)")
     args = p.parse_args(argv)
@@ -786,8 +799,19 @@ def parse_args(argv: list[str]):
             f"error: unknown claim(s) {', '.join(unknown)}; choose from "
             f"{', '.join(BY_NAME)} or all\n",
         )
-    if args.steps < 3 or args.seeds < 1 or args.num < 10 or args.num % 10:
+    if (
+        (args.steps is not None and args.steps < 3)
+        or args.seeds < 1
+        or args.num < 10
+        or args.num % 10
+    ):
         p.exit(2, "error: --steps must be >= 3, --seeds >= 1, --num a positive multiple of 10\n")
+    args.default_steps = None
+    if args.default_workdir:
+        try:
+            args.default_steps = default_run_steps(args.default_workdir)
+        except ValueError as err:
+            p.exit(2, f"error: --default_workdir={args.default_workdir}: {err}\n")
     args.names, args.argv = names, argv
     args.out = os.path.abspath(args.out)
     return args

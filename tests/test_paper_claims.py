@@ -139,3 +139,12 @@ def test_pair_statistics_outlive_the_run_and_show_in_plot_and_table(tmp_path):
     assert (tmp_path / "filtering.png").stat().st_size > 1000
     line = paper_claims._pairs_line(records)
     assert line.count("42% (46% -> 20%)") == len(claim.arms)
+
+
+def test_default_workdir_must_be_a_finished_default_run(tool_workdir, tmp_path, capsys):
+    for path, why in ((tool_workdir, "variant 'tiny'"), (tmp_path / "none", "not a finished")):
+        with pytest.raises(SystemExit) as err:
+            paper_claims.parse_args([f"--default_workdir={path}"])
+        message = capsys.readouterr().err
+        assert err.value.code == 2 and message.startswith("error: --default_workdir")
+        assert why in message
