@@ -88,3 +88,21 @@ def test_a_truncated_file_is_refused_naming_it(stored, tmp_path):
         dst.write(src.read()[:-5])
     with pytest.raises(ValueError, match="cut.npy.*truncated"):
         disk_array.DiskArray(path)
+
+
+def test_reads_longer_than_one_system_call_are_completed(stored, monkeypatch):
+    """Linux returns at most 0x7ffff000 bytes per read: long runs are read in pieces."""
+    x, whole, _ = stored
+    real = os.preadv
+    calls = []
+
+    def short_preadv(fd, buffers, offset):  # the kernel's per-call cap, scaled down
+        calls.append(offset)
+        return real(fd, [memoryview(buffers[0])[:5]], offset)
+
+    monkeypatch.setattr(os, "preadv", short_preadv)
+    monkeypatch.setattr(disk_array, "MAX_READ", 16)
+    np.testing.assert_array_equal(whole[:], x)
+    np.testing.assert_array_equal(whole[np.array([30, 2, 3])], x[[30, 2, 3]])
+    assert len(calls) >= x.nbytes // 5
+    assert disk_array.fingerprint(whole, chunk_rows=7) == disk_array.fingerprint(x)

@@ -97,3 +97,34 @@ def test_tfds_rows_are_that_slice_of_the_split(mnist_data_dir, split):
     np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), whole[120:290])
     np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), whole_labels[120:290])
     assert tfds_images.split_size("mnist", split, mnist_data_dir, limit) == 300
+    count, batches = tfds_images.read_tfds_images(  # an empty shard
+        "mnist", split, mnist_data_dir, 28, 1, limit, rows=(300, 300)
+    )
+    assert count == 0 and list(batches) == []
+
+
+def test_shards_of_a_shuffled_many_file_dataset_join_in_split_order(tmp_path):
+    """Most published TFDS sets are shuffled into many files (ImageNet: 1,024); their
+    shards must still concatenate to the split as one process reads it."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (160, 4, 4, 1), dtype=np.uint8)
+    labels = np.arange(160) % 10
+    data_dir = str(tmp_path / "tfds")
+    tfds_images.store_image_dataset(
+        "shuffled_toy",
+        {"train": {"image": images, "label": labels}},
+        data_dir,
+        num_classes=10,
+        shuffled=True,
+        num_shards=4,
+    )
+    files = [f for f in os.listdir(os.path.join(data_dir, "shuffled_toy", "1.0.0")) if "train" in f]
+    assert len(files) == 4
+    whole, whole_labels = tfds_images.load_tfds_images("shuffled_toy", "train", data_dir, 4, 1, 0)
+    assert sorted(whole_labels.tolist()) == sorted(labels.tolist())
+    parts = [
+        list(tfds_images.read_tfds_images("shuffled_toy", "train", data_dir, 4, 1, 0, rows=r)[1])
+        for r in ((0, 53), (53, 106), (106, 160))
+    ]
+    joined = np.concatenate([b[0] for part in parts for b in part])
+    np.testing.assert_array_equal(joined, whole)

@@ -120,15 +120,14 @@ class DiskArray(_RowArray):
         # Runs of consecutive rows (in file order) are read with one call each.
         breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
         flat = out.reshape(rows.size, -1).view(np.uint8)
-        staged = np.empty_like(flat)
+        in_order = bool(np.all(order == np.arange(rows.size)))
+        staged = flat if in_order else np.empty_like(flat)  # rows in file order: read in place
         for start, stop in zip(np.r_[0, breaks], np.r_[breaks, rows.size], strict=True):
-            first, count = int(ordered[start]), int(stop - start)
+            first = int(ordered[start])
             offset = self._offset + first * self._row_bytes
-            data = os.pread(self._fd, count * self._row_bytes, offset)
-            if len(data) != count * self._row_bytes:
-                raise OSError(f"{self.path}: short read at row {first} (file changed?)")
-            staged[start:stop] = np.frombuffer(data, np.uint8).reshape(count, -1)
-        flat[order] = staged
+            _pread_into(self._fd, staged[start:stop].reshape(-1), offset, self.path)
+        if not in_order:
+            flat[order] = staged
         return out
 
     def close(self) -> None:
@@ -174,12 +173,30 @@ class RowConcat(_RowArray):
         return out
 
 
-def fingerprint(rows: Any, chunk_rows: int = 4096) -> str:
-    """sha256 of an array's dtype, shape and bytes (hex, 16 chars), read `chunk_rows` at a time.
+def _pread_into(fd: int, buffer: np.ndarray, offset: int, path: str) -> None:
+    """Fills the contiguous uint8 `buffer` from the file at `offset`, in reads of at most
+    MAX_READ bytes (Linux returns at most 0x7ffff000 bytes per call)."""
+    view, done = memoryview(buffer), 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done : done + MAX_READ]], offset + done)
+        if got <= 0:
+            raise OSError(f"{path}: short read at byte {offset + done} (file changed?)")
+        done += got
+
+
+MAX_READ = 1 << 30
+FINGERPRINT_CHUNK_BYTES = 64 << 20
+
+
+def fingerprint(rows: Any, chunk_rows: int = 0) -> str:
+    """sha256 of an array's dtype, shape and bytes (hex, 16 chars), read `chunk_rows` at a
+    time (0: as many rows as fit in FINGERPRINT_CHUNK_BYTES).
 
     Same value for a numpy array and a DiskArray/RowConcat of the same content.
     """
     digest = hashlib.sha256(f"{rows.dtype}{tuple(rows.shape)}".encode())
+    row_bytes = int(np.prod(rows.shape[1:], dtype=np.int64)) * np.dtype(rows.dtype).itemsize
+    chunk_rows = chunk_rows or max(1, FINGERPRINT_CHUNK_BYTES // max(1, row_bytes))
     for start in range(0, len(rows), chunk_rows):
         digest.update(np.ascontiguousarray(rows[start : start + chunk_rows]).tobytes())
     return digest.hexdigest()[:16]

@@ -225,9 +225,14 @@ def read_tfds_images(
     start, stop = (0, total) if rows is None else rows
     if not 0 <= start <= stop <= total:
         raise ValueError(f"rows {rows} outside the {total} examples of {dataset}:{split}")
+    if start == stop:  # an empty shard (more processes than examples): TFDS refuses [a:a]
+        return 0, iter(())
     if rows is not None and plain:
         split = f"{split.split('[')[0]}[{start}:{stop}]"  # TFDS opens only those files
-    ds = builder.as_dataset(split=split, shuffle_files=False)
+    # One file after the other: TFDS's default for a shuffled dataset interleaves 16 files
+    # in blocks of 16 examples, so a slice's order would differ from the whole split's.
+    read_config = tfds.ReadConfig(interleave_cycle_length=1)
+    ds = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
     if rows is not None and not plain:
         ds = ds.skip(start).take(stop - start)  # a sliced or combined split: no nesting
 
@@ -296,6 +301,8 @@ def store_image_dataset(
     num_classes: int,
     version: str = "1.0.0",
     description: str = "",
+    shuffled: bool = False,
+    num_shards: int | None = None,
 ) -> None:
     """Writes in-memory images as a real TFDS dataset that `tfds.load(name, data_dir=...)` reads.
 
@@ -307,6 +314,9 @@ def store_image_dataset(
       num_classes: labels are a ClassLabel of this many classes.
       version: dataset version.
       description: stored in dataset_info.
+      shuffled: let TFDS shuffle the examples into its files, as most published datasets
+        are prepared (default: file order = source order, so 'train[:n]' is the first n).
+      num_shards: files per split (None: TFDS decides by size).
     """
     tf = import_tf()
     tfds = import_tfds()
@@ -342,7 +352,6 @@ def store_image_dataset(
         split_datasets=split_datasets,
         data_dir=data_dir,
         description=description,
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-        # File order = source order, so 'train[:n]' is the first n examples.
-        disable_shuffling=True,
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False, num_shards=num_shards),
+        disable_shuffling=not shuffled,
     )
