@@ -55,7 +55,11 @@ def run_encoder_job(
             "there is nothing to train; run --mode=train (or clear encoder.pretrained)"
         )
     workdir = os.path.abspath(workdir)
-    train_images, train_labels = assets.load_split(config, config.data.train_split)
+    assets.prepare_streamed_splits(config, (config.data.train_split, config.data.eval_split))
+    # What training would use (encoder.max_train_images): the cached encoder's key says so.
+    train_images, train_labels = assets.encoder_training_images(
+        config, *assets.load_split(config, config.data.train_split)
+    )
     vit = ViTConfig.from_config(config.encoder, config.data.image_size, config.data.channels)
     os.makedirs(workdir, exist_ok=True)
     run_dir.write_config(config, workdir)

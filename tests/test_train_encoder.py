@@ -26,3 +26,21 @@ def test_encoder_job_writes_eval_and_installs_in_cache(tmp_path, monkeypatch, ba
     assert (tmp_path / "work" / "encoder_cosine_hist.png").stat().st_size > 1000
     cached = tmp_path / "cache" / "encoder" / bundle_lib.encoder_key(config)
     assert bundle_lib.load_encoder(str(cached)).params_hash == report["params_hash"]
+
+
+def test_encoder_job_trains_on_max_train_images_as_training_would(tmp_path, monkeypatch, bars):
+    """The job's encoder is installed under the key of `encoder.max_train_images`, so it
+    must have trained on that subset, as `assets.load_or_train_encoder` would."""
+    from semantica_jax.data import mnist as mnist_data
+
+    config = mnist_config.get_config("tiny")
+    config.cache_dir = str(tmp_path / "cache")
+    config.encoder.num_steps = 3
+    config.encoder.max_train_images = 50
+    splits = {"train": bars(200, seed=0), "test": bars(60, seed=1)}
+    monkeypatch.setattr(mnist_data, "load_split", lambda ds, split, *a, **k: splits[split])
+    train_encoder.run_encoder_job(config, str(tmp_path / "work"), log=lambda _: None)
+    with open(tmp_path / "work" / "encoder" / "encoder.json") as f:
+        assert json.load(f)["train"]["num_train_images"] == 50
+    with open(tmp_path / "work" / "encoder_eval.json") as f:
+        assert json.load(f)["gallery_size"] == 50
