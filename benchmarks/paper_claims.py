@@ -641,8 +641,9 @@ def _plot_pairs(ax, pairs: dict[str, dict[str, Any]]) -> None:
         for t in (stats["low_cosine"], stats["high_cosine"]):
             if t is not None:
                 ax.axvline(t, color=line.get_edgecolor(), linestyle=":", linewidth=1)
+    ax.set_yscale("log")  # same-class pairs pile up near 1 under a label-trained encoder
     ax.set_xlabel("encoder cosine of a candidate pair (dotted: kept band)")
-    ax.set_ylabel("density")
+    ax.set_ylabel("density (log)")
     ax.legend(fontsize=7)
 
 

@@ -146,9 +146,15 @@ def stream_spec(config: ml_collections.ConfigDict, split: str) -> StoreSpec | No
     shape = (int(data.image_size), int(data.image_size), int(data.channels))
     if total * int(np.prod(shape)) <= limit * 2**20:
         return None
+    from semantica_jax.data import tfds_images
+
+    root = data_dir(config)
     identity = {
         "dataset": data.dataset,
         "tfds_name": name,  # a folder's name changes with its content
+        # Another prepared copy or version of the data is another store.
+        "tfds_full_name": tfds_images.prepared_builder(name, root).info.full_name,
+        "data_dir": os.path.realpath(root),
         "split": split,
         "image_shape": list(shape),
         "max_examples": int(data.max_examples),

@@ -114,7 +114,8 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     mesh = parallel.make_mesh(config.mesh.fsdp)
     params, step = run_dir.restore_ema_params(workdir)
-    assets.prepare_streamed_splits(config, (config.data.eval_split,))
+    # The train split too: an encoder or feature net not yet cached trains on it.
+    assets.prepare_streamed_splits(config, (config.data.train_split, config.data.eval_split))
     bundle = assets.load_encoder(config)
     test = assets.embedded_split(config, bundle, config.data.eval_split)
     feat_bundle = assets.feature_net(config)

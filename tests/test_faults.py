@@ -395,3 +395,35 @@ def test_lock_refuses_a_second_run_and_is_freed_by_sigkill(tmp_path):
     time.sleep(0.1)
     with run_dir.locked(str(tmp_path)):
         pass
+
+
+def test_large_cache_files_are_not_rehashed_unless_changed(
+    tmp_path, monkeypatch, encode_calls, make_bundle, config_vit, random_digits
+):
+    """Hashing a big split's tokens at every start would cost minutes: a file with the size
+    and mtime recorded at build time is trusted; a later write is still caught."""
+    from semantica_jax.encoder import embeddings
+
+    bundle, images = make_bundle(config_vit, 0, key="key0"), random_digits(6, 0)
+    directory = str(tmp_path / "emb")
+    want_tokens, want_cls = _cached_embeddings(directory, bundle, images)
+    monkeypatch.setattr(embeddings, "TRUST_STAMP_ABOVE_BYTES", 0)  # treat these as large
+    hashed = []
+    real = embeddings.file_sha256
+    monkeypatch.setattr(embeddings, "file_sha256", lambda p: hashed.append(p) or real(p))
+    encode_calls.clear()
+    _cached_embeddings(directory, bundle, images)
+    assert hashed == [] and encode_calls == []
+    path = os.path.join(directory, "cls.npy")
+    st = os.stat(path)
+    cls = np.load(path, mmap_mode="r+")
+    cls[1] += 1.0
+    cls.flush()
+    del cls
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a write one second later
+    logs = []
+    tokens, cls = _cached_embeddings(directory, bundle, images, logs)
+    assert any("cls.npy does not match its recorded sha256" in m for m in logs), logs
+    assert sum(encode_calls) == 6
+    np.testing.assert_array_equal(cls, want_cls)
+    np.testing.assert_array_equal(tokens, want_tokens)

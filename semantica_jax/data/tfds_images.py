@@ -263,6 +263,12 @@ def read_tfds_images(
                 )
             yield image_batch, label_batch
             report(step)
+        if done < count:
+            raise ValueError(
+                f"{dataset}:{split} holds fewer examples ({start + done} read up to row "
+                f"{stop}) than its dataset_info.json records ({total}); the prepared data is "
+                "damaged: delete it to prepare it again"
+            )
 
     return count, batches()
 

@@ -99,9 +99,33 @@ def _stale_reasons(directory: str, manifest: dict, identity: dict) -> list[str]:
         want = manifest.get("arrays", {}).get(name, {})
         if list(array.shape) != want.get("shape") or str(array.dtype) != want.get("dtype"):
             return [f"{name}.npy is {array.dtype} {array.shape}, manifest says {want}"]
-        if file_sha256(os.path.join(directory, f"{name}.npy")) != want.get("sha256"):
+        path = os.path.join(directory, f"{name}.npy")
+        if _unchanged_since_build(path, want):
+            continue  # hashing a split's tokens at every start would cost minutes at scale
+        if file_sha256(path) != want.get("sha256"):
             return [f"{name}.npy does not match its recorded sha256 (damaged)"]
     return []
+
+
+def _file_stamp(path: str) -> dict[str, int]:
+    """Size and modification time (ns) of a file: what a rewrite or truncation changes."""
+    st = os.stat(path)
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+# Files above this size are trusted when size and mtime are as recorded at build time. The
+# stamp is taken after hashing, seconds after the last write at this size, so any later
+# write has a later mtime even on file systems with coarse timestamps.
+TRUST_STAMP_ABOVE_BYTES = 1 << 30
+
+
+def _unchanged_since_build(path: str, recorded: dict) -> bool:
+    """True for a large file with the size and mtime recorded right after it was hashed (a
+    copy, a rewrite or a truncation changes them; then the sha256 decides)."""
+    stamp = recorded.get("stamp")
+    if not stamp or stamp["size"] <= TRUST_STAMP_ABOVE_BYTES:
+        return False
+    return _file_stamp(path) == stamp
 
 
 def _build(
@@ -142,17 +166,19 @@ def _build(
                 "(delete its directory under <cache_dir>/encoder)"
             )
         np.save(os.path.join(tmp, "cls.npy"), cls)
-        digests = {n: file_sha256(os.path.join(tmp, f"{n}.npy")) for n in ("tokens", "cls")}
+        shapes = {"tokens": ([num, num_tokens, width], "float16"), "cls": ([num, width], "float32")}
+        arrays = {}
+        for n, (shape, dtype) in shapes.items():
+            path = os.path.join(tmp, f"{n}.npy")  # rename keeps size and mtime
+            arrays[n] = {
+                "shape": shape,
+                "dtype": dtype,
+                "sha256": file_sha256(path),
+                "stamp": _file_stamp(path),
+            }
         manifest = {
             "identity": identity,
-            "arrays": {
-                "tokens": {
-                    "shape": [num, num_tokens, width],
-                    "dtype": "float16",
-                    "sha256": digests["tokens"],
-                },
-                "cls": {"shape": [num, width], "dtype": "float32", "sha256": digests["cls"]},
-            },
+            "arrays": arrays,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         atomic_files.write_json(os.path.join(tmp, _MANIFEST), manifest, sort_keys=True)
@@ -221,7 +247,10 @@ def verified_embeddings(directory: str, identity: dict) -> tuple[str, np.ndarray
         else _stale_reasons(directory, manifest, identity)
     )
     if reasons:
-        raise ValueError(f"embedding cache {directory} cannot be used: {'; '.join(reasons)}")
+        raise ValueError(
+            f"embedding cache {directory} cannot be used: {'; '.join(reasons)}; delete it and "
+            "start again (the process that owns it rebuilds it)"
+        )
     return os.path.join(directory, "tokens.npy"), np.load(os.path.join(directory, "cls.npy"))
 
 
