@@ -83,6 +83,13 @@ def test_a_crash_while_streaming_leaves_no_shard(tmp_path):
     assert os.listdir(tmp_path) == []  # neither a shard nor a temp dir
     with pytest.raises(FileNotFoundError, match="rows-0000000000-0000000010-of-0000000010"):
         image_store.open_store(str(tmp_path), IDENTITY, 10, 1)
+    # A SIGKILL leaves its temp dir behind: named in a warning, not deleted (another run
+    # may be writing it), and the shard is built beside it.
+    leftover = tmp_path / ".rows-0000000000-0000000010-of-0000000010.tmp-dead"
+    leftover.mkdir()
+    _ensure(str(tmp_path), 0, 1, _reader(calls), warnings)
+    assert leftover.is_dir() and any(str(leftover) in w for w in warnings)
+    assert len(image_store.open_store(str(tmp_path), IDENTITY, 10, 1).images) == 10
 
 
 @pytest.mark.parametrize("split", ["train", "train[:300]"], ids=["plain", "sliced"])

@@ -23,6 +23,7 @@ building, fingerprints it for the embedding cache.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import shutil
 import uuid
@@ -157,6 +158,13 @@ def ensure_shard(
     """
     rows = shard_rows(total, index, count)
     path = os.path.join(directory, shard_name(rows, total))
+    leftovers = glob.glob(os.path.join(directory, f".{os.path.basename(path)}.tmp-*"))
+    if leftovers:  # not removed: another run may be writing it right now
+        warn(
+            f"image store: {len(leftovers)} unfinished copies of this shard are left by "
+            f"interrupted runs ({', '.join(sorted(leftovers))}); delete them when no other "
+            "run is writing this store"
+        )
     if os.path.exists(path):
         problem = _problem(path, identity, rows)
         if not problem:
