@@ -270,15 +270,17 @@ def table_and_plot(result: dict, out: str) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     atomic_files.save_figure(fig, os.path.join(out, "augmentation.png"), format="png")
-    if result.get("ablations"):
+    for field, who in (("ablations", "label-free"), ("label_ablations", "LABEL-TRAINED")):
+        if not result.get(field):
+            continue
         lines += [
             "",
-            "Ablations at k = 10 (label-free generator), arm c / d:",
+            f"Ablations at k = 10 ({who} generator), arm c / d:",
             "",
             "| setting | c_variations | d_both |",
             "|---|---|---|",
         ]
-        for name, arms in result["ablations"].items():
+        for name, arms in result[field].items():
             lines.append(
                 f"| {name} | {arms['c_variations']['mean']:.4f} ± "
                 f"{arms['c_variations']['std']:.4f} | {arms['d_both']['mean']:.4f} ± "
@@ -309,6 +311,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=",".join(ABLATIONS),
         help="comma-separated ablation names to run (default: all of ABLATIONS)",
     )
+    p.add_argument(
+        "--label_ablations",
+        default="",
+        help="ablations also run on the --label_workdir generator (comma-separated)",
+    )
     p.add_argument("--quick", action="store_true", help="k=1, one subset, tiny budgets")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.quick:
@@ -316,7 +323,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ks = [int(k) for k in args.k.split(",")]
     # Checked before any work: a typo must not surface after the main arms' hour of runs.
     chosen = [a.strip() for a in args.ablations.split(",") if a.strip()]
-    unknown = [a for a in chosen if a not in ABLATIONS]
+    label_chosen = [a.strip() for a in args.label_ablations.split(",") if a.strip()]
+    unknown = [a for a in chosen + label_chosen if a not in ABLATIONS]
     if unknown:
         p.error(f"unknown --ablations {unknown}; choose from {list(ABLATIONS)}")
     args.out = os.path.abspath(args.out)
@@ -356,28 +364,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ]
             rows[str(k)] = {a: _stats([c[a] for c in cells]) for a in arms}
         result["main"][gen_name] = rows
+
+    def ablation(workdir: str, prefix: str, changes: dict) -> dict[str, Any]:
+        """Arms c and d at k = 10 with the tool settings `changes`, over the subsets."""
+        cells = [
+            arms_for(
+                args,
+                cache,
+                workdir,
+                prefix,
+                train_x,
+                train_y,
+                test_x,
+                test_y,
+                10,
+                s,
+                arms=("c_variations", "d_both"),
+                **changes,
+            )
+            for s in range(args.subsets)
+        ]
+        return {a: _stats([c[a] for c in cells]) for a in ("c_variations", "d_both")}
+
     if not args.no_ablations:
-        for name, changes in ((a, ABLATIONS[a]) for a in chosen):
-            cells = [
-                arms_for(
-                    args,
-                    cache,
-                    args.workdir,
-                    "g0-",
-                    train_x,
-                    train_y,
-                    test_x,
-                    test_y,
-                    10,
-                    s,
-                    arms=("c_variations", "d_both"),
-                    **changes,
-                )
-                for s in range(args.subsets)
-            ]
-            result["ablations"][name] = {
-                a: _stats([c[a] for c in cells]) for a in ("c_variations", "d_both")
-            }
+        for name in chosen:
+            result["ablations"][name] = ablation(args.workdir, "g0-", ABLATIONS[name])
+    if args.label_workdir and label_chosen:
+        result["label_ablations"] = {
+            name: ablation(args.label_workdir, "g1-", ABLATIONS[name]) for name in label_chosen
+        }
     result.update(
         k=ks,
         subsets=args.subsets,

@@ -36,6 +36,17 @@ def test_quick_benchmark_end_to_end(tool_workdir, tmp_path):
     assert len(runs) == 5
     again = benchmark.main(argv)  # every classifier run and every variation set is reused
     assert next(iter(again["main"].values()))["1"] == row
+    # An ablation on the label-trained generator: its own runs, reported apart.
+    labelled = benchmark.main(
+        argv + [f"--label_workdir={tool_workdir}", "--label_ablations=filter off"]
+    )
+    cells = labelled["label_ablations"]["filter off"]
+    assert set(cells) == {"c_variations", "d_both"} and cells["d_both"]["n"] == 1
+    assert "LABEL-TRAINED generator" in (out / "augmentation.md").read_text()
+    assert any(
+        k.startswith("g1-k10-s0-tau_high=1.01")
+        for k in json.load(open(out / "augmentation_runs.json"))
+    )
 
 
 def test_unknown_ablation_is_refused_before_any_work(tmp_path, capsys):
@@ -46,3 +57,6 @@ def test_unknown_ablation_is_refused_before_any_work(tmp_path, capsys):
         benchmark.main([f"--workdir={tmp_path / 'missing'}", "--ablations=strength 0.5,nope"])
     assert exit_info.value.code == 2
     assert "unknown --ablations ['nope']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main([f"--workdir={tmp_path / 'missing'}", "--label_ablations=nope"])
+    assert exit_info.value.code == 2 and "['nope']" in capsys.readouterr().err
