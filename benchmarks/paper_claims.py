@@ -362,6 +362,7 @@ def measure(
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), 7)
     pr_k = int(config.eval.pr_k)
     result: dict[str, Any] = {
+        "cpu": cpu_model(),  # where this measurement ran (claims mix sessions and machines)
         "step": int(step),
         "num_images": int(num),
         "guidance": float(guidance),
@@ -763,7 +764,7 @@ def run_claim(claim: Claim, args) -> dict[str, Any]:
         "real_floor_fid": records[0]["real_floor_fid"],
         "wall_seconds_this_call": round(time.perf_counter() - start, 1),
         "git_revision": git_revision(),
-        "cpu": cpu_model(),
+        "cpu": ", ".join(sorted({r.get("cpu", "not recorded") for r in records})),
         "command": "python benchmarks/paper_claims.py " + " ".join(args.argv),
     }
     _write_json(os.path.join(args.out, f"{claim.name}.json"), result)
