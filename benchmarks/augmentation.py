@@ -246,8 +246,11 @@ def table_and_plot(result: dict, out: str) -> None:
         "| generator | k | c − a (variations vs real) | d − b (both vs standard) |",
         "|---|---|---|---|",
     ]
+    label_free = next(iter(result["main"]))
     for gen, rows in result["main"].items():
         for k, arms in rows.items():
+            # Arms a and b do not use a generator: the label-free rows' runs, same subsets.
+            arms = {**result["main"][label_free].get(k, {}), **arms}
             cells = []
             for plus, base in (("c_variations", "a_real"), ("d_both", "b_standard")):
                 if plus not in arms or base not in arms:
@@ -257,16 +260,28 @@ def table_and_plot(result: dict, out: str) -> None:
                 sd = float(d.std(ddof=1)) if len(d) > 1 else 0.0
                 cells.append(f"{d.mean():+.4f} ± {sd:.4f} ({int((d > 0).sum())}/{len(d)})")
             lines.append(f"| {gen} | {k} | " + " | ".join(cells) + " |")
-    label_free = next(iter(result["main"]))
     ks = sorted(int(k) for k in result["main"][label_free])
     for arm in ARMS:
         means = [result["main"][label_free][str(k)][arm]["mean"] for k in ks]
         stds = [result["main"][label_free][str(k)][arm]["std"] for k in ks]
         ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label=arm)
+    for gen in list(result["main"])[1:]:  # the label-trained generator, marked apart
+        for arm in ("c_variations", "d_both"):
+            rows = result["main"][gen]
+            got = [k for k in ks if arm in rows.get(str(k), {})]
+            ax.errorbar(
+                got,
+                [rows[str(k)][arm]["mean"] for k in got],
+                yerr=[rows[str(k)][arm]["std"] for k in got],
+                marker="x",
+                linestyle="--",
+                capsize=3,
+                label=f"{arm}, label-trained (leaks labels)",
+            )
     ax.set_xscale("log")
     ax.set_xlabel("labelled images per class k")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"few-shot MNIST, generator {label_free}", fontsize=9)
+    ax.set_title(f"few-shot MNIST, generator {label_free} (dashed: label-trained)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     atomic_files.save_figure(fig, os.path.join(out, "augmentation.png"), format="png")
