@@ -447,23 +447,23 @@ def pair_statistics(workdir: str, copy: str) -> dict[str, Any]:
     """The arm's training pairs (`WORKDIR/pair_similarity.json`: counts, thresholds and the
     cosine histogram of the candidate pairs), kept at `copy` so that they outlive the
     git-ignored run; {} for a run without one. Returns PAIR_FIELDS."""
-    source = os.path.join(workdir, "pair_similarity.json")
-    if os.path.isfile(source):
-        with open(source) as f:
-            stats = json.load(f)
-        if not os.path.isfile(copy):
-            _write_json(copy, stats)
-    elif os.path.isfile(copy):
-        with open(copy) as f:
-            stats = json.load(f)
-    else:
-        return {}
-    return {k: stats.get(k) for k in PAIR_FIELDS}
+    from semantica_jax.utils import atomic_files
+
+    stats = atomic_files.read_json(os.path.join(workdir, "pair_similarity.json"))
+    if stats is not None and not os.path.isfile(copy):
+        _write_json(copy, stats)
+    stats = stats if stats is not None else atomic_files.read_json(copy)
+    return {k: stats.get(k) for k in PAIR_FIELDS} if stats is not None else {}
+
+
+def eval_guidance(arm: Arm, config) -> float:
+    """The guidance w an arm is evaluated at (the config's unless the arm sets one)."""
+    return float(config.sampler.guidance if arm.guidance is None else arm.guidance)
 
 
 def measurement_keys(arm: Arm, config, *, steps: int, num: int) -> list[tuple[int, str]]:
     """(checkpoint step, measurement name) of each point of an arm's run, last one last."""
-    guidance = float(config.sampler.guidance if arm.guidance is None else arm.guidance)
+    guidance = eval_guidance(arm, config)
     classes = "".join(map(str, arm.eval_classes))
     every = config.train.checkpoint_every
     keys = []
@@ -491,8 +491,10 @@ def measure_arm(claim: Claim, arm: Arm, args, steps: int) -> list[dict[str, Any]
             workdir, train_seconds = os.path.abspath(args.default_workdir), 0.0
         else:
             workdir, train_seconds = train_arm(config, args.out)
-        pairs = pair_statistics(workdir, os.path.join(args.out, "pairs", f"{run_key(config)}.json"))
-        guidance = float(config.sampler.guidance if arm.guidance is None else arm.guidance)
+        # Only a claim that shows its pairs keeps them (each holds a histogram).
+        copy = os.path.join(args.out, "pairs", f"{run_key(config)}.json")
+        pairs = pair_statistics(workdir, copy) if claim.pairs else {}
+        guidance = eval_guidance(arm, config)
         for step, path in paths.items():
             if os.path.isfile(path):
                 with open(path) as f:

@@ -69,6 +69,7 @@ def test_harness_end_to_end_on_tiny_arms(session_cache, tmp_path):
             v = paper_claims.metric_of(r, metric)
             assert v["low"] <= v["value"] <= v["high"], (metric, v)
         assert 0.0 <= r["copy_rate"]["value"] <= 1.0
+        assert "pairs" not in r  # only a claim that shows its pairs (filtering) keeps them
     assert len(on_disk["comparisons"]) == 3
     assert os.path.getsize(out / "reconstruction.png") > 1000
     assert "reconstruction" in table.read_text() and "not measured yet" in table.read_text()
