@@ -73,6 +73,14 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.encoder.objective = "contrastive"  # contrastive (labels) | simclr (label-free)
     c.encoder.margin = 1.0  # contrastive hinge margin m (on L2-normalised embeddings)
     c.encoder.temperature = 0.2  # simclr NT-Xent temperature
+    # simclr: each view is the image jittered (dm-pix): rotation U(-a, a) degrees, scale
+    # U(1 - s, 1 + s), shift U(-t, t) x side, elastic field of alpha px (sigma 4; 0 = off),
+    # then Gaussian pixel noise of this std.
+    c.encoder.aug_rotation_deg = 15.0
+    c.encoder.aug_scale = 0.1
+    c.encoder.aug_shift = 0.1
+    c.encoder.aug_elastic = 0.0
+    c.encoder.aug_noise = 0.1
     c.encoder.stem_channels = 32  # 3x3 conv + GELU before patchify; 0 = plain ViT stem
     c.encoder.batch_size = 64  # balanced pairs per step (2B images; loss over all pairs)
     c.encoder.num_steps = 1500  # optimisation steps (98.04% k-NN; 2000 gives 98.45%)

@@ -15,8 +15,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
+from semantica_jax.data import image_augment
 from semantica_jax.utils.cosine import l2_normalize, rowwise_cosine
 
 
@@ -129,40 +132,16 @@ def dafusion_draws(
 
 # --- standard augmentation (the baseline generative augmentation must beat) ---------------
 
-# Random affine of the few-shot baseline: rotation ±10°, shift ±10%, scale 0.9-1.1; then an
-# elastic deformation with Simard et al. (2003)'s MNIST field (sigma 4 px, alpha 34 px).
-MAX_ROTATION_DEG, MAX_SHIFT, SCALE_RANGE = 10.0, 0.1, (0.9, 1.1)
-ELASTIC_SIGMA, ELASTIC_ALPHA = 4.0, 34.0
-
-
-def _affine_one(key, image, elastic: bool):
-    """One image [H, W, C] float: a random affine about the centre, then elastic (dm-pix)."""
-    import dm_pix
-    import jax
-    import jax.numpy as jnp
-
-    k_rot, k_scale, k_shift, k_elastic = jax.random.split(key, 4)
-    h, w = image.shape[0], image.shape[1]
-    angle = jnp.deg2rad(jax.random.uniform(k_rot, (), minval=-1, maxval=1) * MAX_ROTATION_DEG)
-    scale = jax.random.uniform(k_scale, (), minval=SCALE_RANGE[0], maxval=SCALE_RANGE[1])
-    shift = jax.random.uniform(k_shift, (2,), minval=-1, maxval=1) * MAX_SHIFT * jnp.array([h, w])
-    cos, sin = jnp.cos(angle) / scale, jnp.sin(angle) / scale
-    # Pull-back map (output -> input): the inverse of rotate-and-scale about the centre.
-    matrix = jnp.array([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
-    centre = jnp.array([(h - 1) / 2, (w - 1) / 2, 0.0])
-    offset = centre - matrix @ centre - jnp.concatenate([shift, jnp.zeros(1)])
-    out = dm_pix.affine_transform(image, matrix, offset=offset, mode="constant", cval=-1.0)
-    if elastic:
-        out = dm_pix.elastic_deformation(
-            k_elastic, out, ELASTIC_ALPHA, ELASTIC_SIGMA, mode="constant", cval=-1.0
-        )
-    return out
+# The few-shot baseline: rotation ±10°, shift ±10%, scale 0.9-1.1, then an elastic
+# deformation with Simard et al. (2003)'s MNIST field (sigma 4 px, alpha 34 px).
+STANDARD_JITTER = image_augment.Jitter(
+    rotation_deg=10.0, scale=0.1, shift=0.1, elastic_alpha=34.0, elastic_sigma=4.0
+)
 
 
 def standard_augment(key, images, elastic: bool = True):
-    """Random affine (+ elastic) per image: images [B, H, W, C] float in [-1, 1] (background
-    -1) -> the same shape. Jit- and vmap-friendly; one key per batch."""
-    import jax
-
-    keys = jax.random.split(key, images.shape[0])
-    return jax.vmap(lambda k, x: _affine_one(k, x, elastic))(keys, images)
+    """Random affine (+ elastic) per image (dm-pix, `data.image_augment`): images
+    [B, H, W, C] float in [-1, 1] (background -1) -> the same shape. Jit- and
+    vmap-friendly; one key per batch."""
+    jitter = STANDARD_JITTER if elastic else dataclasses.replace(STANDARD_JITTER, elastic_alpha=0.0)
+    return image_augment.jitter_images(key, images, jitter)

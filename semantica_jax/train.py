@@ -25,6 +25,7 @@ from semantica_jax import assets, decoder
 from semantica_jax import workdir as run_dir
 from semantica_jax.data.pipeline import make_train_pipeline, write_pair_report
 from semantica_jax.diffusion import losses, samplers, schedules
+from semantica_jax.encoder import objectives as encoder_objectives
 from semantica_jax.errors import NonFiniteError
 from semantica_jax.train_step import (
     StepConfig,
@@ -66,6 +67,7 @@ def validate_config(config) -> None:
     if not 0.0 <= config.train.ema_decay < 1.0:
         raise ValueError(f"config.train.ema_decay={config.train.ema_decay} must be in [0,1)")
     learning_rate_schedule(config.train)  # raises on an unknown train.lr_decay
+    encoder_objectives.view_jitter(config.encoder)  # raises naming a bad encoder.aug_* field
     choices = {
         "diffusion.schedule": (config.diffusion.schedule, schedules.SCHEDULES),
         "diffusion.prediction": (config.diffusion.prediction, losses.PREDICTIONS),

@@ -21,6 +21,7 @@ from absl import logging
 from semantica_jax import assets
 from semantica_jax import workdir as run_dir
 from semantica_jax.encoder import bundle as encoder_bundle
+from semantica_jax.encoder import objectives as encoder_objectives
 from semantica_jax.encoder import train as encoder_train
 from semantica_jax.encoder.evaluate import evaluate_encoder, save_cosine_histogram
 from semantica_jax.errors import UserError
@@ -42,6 +43,7 @@ def validate_encoder_config(encoder: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.encoder.objective={encoder.objective!r}: choose contrastive or simclr"
         )
+    encoder_objectives.view_jitter(encoder)  # the SimCLR views' jitter, by field
 
 
 def run_encoder_job(

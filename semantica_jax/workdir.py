@@ -186,6 +186,11 @@ ADDED_FIELDS = {
     "encoder.input_size": 224,
     "encoder.max_train_images": 0,
     "data.stream_above_mb": 1024.0,
+    "encoder.aug_rotation_deg": 15.0,
+    "encoder.aug_scale": 0.1,
+    "encoder.aug_shift": 0.1,
+    "encoder.aug_elastic": 0.0,
+    "encoder.aug_noise": 0.1,
 }
 DROPPED_FIELDS = {"data.shuffle_buffer": 0}
 

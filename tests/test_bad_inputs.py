@@ -67,6 +67,11 @@ CASES = {
         [TINY, "--workdir={out}", "--config.train.learning_rate=0"],
         "learning_rate",
     ),
+    "main: SimCLR view scale 1.5": (
+        "main",
+        [TINY, "--workdir={out}", "--config.encoder.aug_scale=1.5"],
+        "config.encoder.aug_scale=1.5 must be in",
+    ),
     "main: keep no checkpoint": (
         "main",
         [TINY, "--workdir={out}", "--config.train.keep_checkpoints=0"],

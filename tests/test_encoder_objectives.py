@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from semantica_jax.data import image_augment
 from semantica_jax.encoder import objectives
 
 
@@ -72,18 +73,41 @@ def test_sample_pairs_are_balanced_and_correct():
         objectives.build_class_index(np.zeros(5, int))
 
 
-def test_augment_keeps_range_and_shape_and_moves_pixels(bars):
+def test_view_jitter_keeps_range_and_shape_moves_pixels_and_names_bad_fields(bars):
+    import ml_collections
+
+    from configs import mnist
+
     images, _ = bars(4, seed=0)
-    x = images.astype(np.float32) / 127.5 - 1
-    out = np.asarray(objectives.augment(jax.random.key(0), jnp.asarray(x)))
+    x = jnp.asarray(images.astype(np.float32) / 127.5 - 1)
+    cfg = mnist.get_config().encoder
+    jitter = objectives.view_jitter(cfg)
+    assert jitter == image_augment.Jitter(15.0, 0.1, 0.1, 0.0, 4.0, 0.1)  # the old views
+    # A config from before the aug_* fields gets the same jitter.
+    old = ml_collections.ConfigDict({k: v for k, v in cfg.items() if not k.startswith("aug_")})
+    assert objectives.view_jitter(old) == jitter
+    out = np.asarray(image_augment.jitter_images(jax.random.key(0), x, jitter))
     assert out.shape == x.shape and out.min() >= -1 and out.max() <= 1
-    assert np.mean(np.abs(out - x)) > 0.05
-    zero = objectives.augment(
-        jax.random.key(0),
-        jnp.asarray(x),
-        max_rotation_deg=0,
-        max_log_scale=0,
-        max_shift=0,
-        noise_std=0,
-    )
-    np.testing.assert_allclose(np.asarray(zero), x, atol=1e-5)  # identity warp is exact
+    assert np.mean(np.abs(out - np.asarray(x))) > 0.05
+    zero = image_augment.jitter_images(jax.random.key(0), x, image_augment.Jitter())
+    np.testing.assert_allclose(np.asarray(zero), np.asarray(x), atol=1e-5)  # identity is exact
+    with cfg.unlocked():
+        cfg.aug_scale = 1.5
+    with pytest.raises(ValueError, match=r"config.encoder.aug_scale=1.5 must be in \[0, 1\)"):
+        objectives.view_jitter(cfg)
+
+
+def test_encoder_key_ignores_view_fields_at_their_old_values():
+    from configs import mnist
+    from semantica_jax.encoder import bundle
+
+    config = mnist.get_config("unsupervised")
+    key = bundle.encoder_key(config)
+    without = mnist.get_config("unsupervised")
+    with without.unlocked():
+        for field in objectives.VIEW_FIELDS:
+            del without.encoder[field]
+    assert bundle.encoder_key(without) == key  # encoders cached before the fields existed
+    with config.unlocked():
+        config.encoder.aug_elastic = 34.0
+    assert bundle.encoder_key(config) != key

@@ -102,6 +102,8 @@ def test_run_key_names_what_the_weights_depend_on(tmp_path):
     # Fields added since runs existed, at their old-behaviour value, keep old names.
     assert key(data__stream_above_mb=1024.0, encoder__max_train_images=0) == same
     assert key(encoder__max_train_images=100) != same
+    assert key(encoder__aug_noise=0.1, encoder__aug_elastic=0.0) == same
+    assert key(encoder__aug_elastic=34.0) != same
     assert key(train__learning_rate=0.5) != same
     assert key(seed=1) != same and key(seed=1).startswith("tiny-s1-n10-")
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from semantica_jax.encoder import objectives
 from semantica_jax.models.vit import ViTConfig, ViTEncoder, init_and_embed
 from semantica_jax.utils import atomic_files, checkpointing
 
@@ -91,6 +92,9 @@ def encoder_identity(config: ml_collections.ConfigDict) -> dict:
     section = {k: v for k, v in config.encoder.to_dict().items() if k not in _NON_WEIGHT_FIELDS}
     if not section.get("max_train_images"):
         section.pop("max_train_images", None)  # 0 = all images: the key it always had
+    for field, (_, old) in objectives.VIEW_FIELDS.items():
+        if section.get(field, old) == old:
+            section.pop(field, None)  # the SimCLR jitter it always had: the same key
     extra = {}
     if folder.is_folder_dataset(config.data.dataset):  # its content, not only its path
         listing = folder.scan(folder.folder_path(config.data.dataset))

@@ -5,18 +5,20 @@
   [0, 2] whatever the network's output scale, and the margin m has a fixed meaning: a
   different-class pair stops contributing once cos <= 1 - m^2 / 2 (m = 1 -> cos <= 0.5).
 * `nt_xent_loss`: SimCLR's normalised-temperature cross entropy for the label-free option.
-* `augment`: random affine (rotation, scale, shift) + pixel noise, pure JAX, for SimCLR views.
+* `view_jitter`: how SimCLR draws its two views of an image (`config.encoder.aug_*`;
+  dm-pix through `data.image_augment`).
 """
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from semantica_jax.data import image_augment
 from semantica_jax.utils.cosine import l2_normalize
 
 
@@ -181,61 +183,28 @@ def nt_xent_loss(emb: jnp.ndarray, temperature: float) -> jnp.ndarray:
     return -jnp.take_along_axis(log_prob, positive[:, None], axis=-1)[:, 0]
 
 
-def _affine_one(image: jnp.ndarray, params: jnp.ndarray) -> jnp.ndarray:
-    """Warps one image [H, W, C] by (angle, log_scale, dy, dx) with bilinear sampling."""
-    height, width, _ = image.shape
-    angle, log_scale, dy, dx = params[0], params[1], params[2], params[3]
-    cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
-    yy, xx = jnp.meshgrid(jnp.arange(height), jnp.arange(width), indexing="ij")
-    # Inverse map: output pixel -> input coordinate (rotate by -angle, scale by 1/s).
-    inv_scale = jnp.exp(-log_scale)
-    cos, sin = jnp.cos(angle), jnp.sin(angle)
-    oy, ox = yy - cy - dy, xx - cx - dx
-    src_y = inv_scale * (cos * oy + sin * ox) + cy
-    src_x = inv_scale * (-sin * oy + cos * ox) + cx
-
-    def warp_channel(channel):
-        # cval = -1: the background of an image in [-1, 1] is black.
-        return jax.scipy.ndimage.map_coordinates(
-            channel, [src_y, src_x], order=1, mode="constant", cval=-1.0
-        )
-
-    return jax.vmap(warp_channel, in_axes=-1, out_axes=-1)(image)
+# The SimCLR views' jitter, `config.encoder.<field>` -> (Jitter attribute, the value it had
+# before it was a config field: rotation ±15°, scale ±10%, shift ±10% of the side, pixel
+# noise 0.1). A config without the fields, or with these values, keeps the encoder cache key
+# it always had (bundle.encoder_identity).
+VIEW_FIELDS = {
+    "aug_rotation_deg": ("rotation_deg", 15.0),
+    "aug_scale": ("scale", 0.1),
+    "aug_shift": ("shift", 0.1),
+    "aug_elastic": ("elastic_alpha", 0.0),
+    "aug_noise": ("noise_std", 0.1),
+}
 
 
-def augment(
-    rng: jax.Array,
-    images: jnp.ndarray,
-    *,
-    max_rotation_deg: float = 15.0,
-    max_log_scale: float = 0.1,
-    max_shift: float = 3.0,
-    noise_std: float = 0.1,
-) -> jnp.ndarray:
-    """Random affine jitter + Gaussian noise, clipped to [-1, 1].
+def view_jitter(cfg_encoder: ml_collections.ConfigDict) -> image_augment.Jitter:
+    """The SimCLR views' random jitter from `config.encoder.aug_*` (validated).
 
-    Args:
-      rng: PRNG key.
-      images: float [B, H, W, C] in [-1, 1].
-      max_rotation_deg: rotation drawn from U(-a, a).
-      max_log_scale: log scale drawn from U(-s, s).
-      max_shift: shift in pixels drawn from U(-t, t) per axis (a random crop, in effect).
-      noise_std: std of the additive pixel noise.
-
-    Returns:
-      float [B, H, W, C] in [-1, 1].
+    Raises:
+      ValueError: a value outside its range, naming the config field.
     """
-    batch = images.shape[0]
-    k_rot, k_scale, k_shift, k_noise = jax.random.split(rng, 4)
-    max_angle = math.radians(max_rotation_deg)
-    params = jnp.concatenate(
-        [
-            jax.random.uniform(k_rot, (batch, 1), minval=-max_angle, maxval=max_angle),
-            jax.random.uniform(k_scale, (batch, 1), minval=-max_log_scale, maxval=max_log_scale),
-            jax.random.uniform(k_shift, (batch, 2), minval=-max_shift, maxval=max_shift),
-        ],
-        axis=1,
-    )
-    warped = jax.vmap(_affine_one)(images.astype(jnp.float32), params)
-    noisy = warped + noise_std * jax.random.normal(k_noise, warped.shape)
-    return jnp.clip(noisy, -1.0, 1.0)
+    values = {
+        attr: float(cfg_encoder.get(field, old)) for field, (attr, old) in VIEW_FIELDS.items()
+    }
+    jitter = image_augment.Jitter(**values)
+    jitter.validate({attr: f"config.encoder.{field}" for field, (attr, _) in VIEW_FIELDS.items()})
+    return jitter

@@ -24,6 +24,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from semantica_jax.data import image_augment
 from semantica_jax.encoder import objectives
 from semantica_jax.encoder.bundle import (
     EncoderBundle,
@@ -49,6 +50,7 @@ class Objective:
     batch_size: int
     margin: float
     temperature: float
+    jitter: image_augment.Jitter  # simclr: how each of the two views is drawn
 
 
 @flax.struct.dataclass
@@ -112,7 +114,13 @@ def encoder_loss(
         chosen = jax.random.randint(k_data, (batch,), 0, images.shape[0])
         x = to_model_range(images[chosen])
         k_a, k_b = jax.random.split(k_aug)
-        views = jnp.concatenate([objectives.augment(k_a, x), objectives.augment(k_b, x)], axis=0)
+        views = jnp.concatenate(
+            [
+                image_augment.jitter_images(k_a, x, objective.jitter),
+                image_augment.jitter_images(k_b, x, objective.jitter),
+            ],
+            axis=0,
+        )
         emb = _embed(params, model, views)
         loss = jnp.mean(objectives.nt_xent_loss(emb, objective.temperature))
         metrics = {"cos_views": jnp.mean(jnp.sum(emb[:batch] * emb[batch:], axis=-1))}
@@ -182,6 +190,7 @@ def train_encoder(
         batch_size=int(cfg_encoder.batch_size),
         margin=float(cfg_encoder.margin),
         temperature=float(cfg_encoder.temperature),
+        jitter=objectives.view_jitter(cfg_encoder),
     )
     _check_training_data(images, labels, objective.kind)
     model = vit.module()
