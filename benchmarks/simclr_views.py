@@ -8,13 +8,14 @@ each named setting of `config.encoder.aug_*` (SETTINGS), this trains the `:unsup
 encoder through the real encoder job (`train_encoder.run_encoder_job`, into
 OUT/simclr_views/<setting>; a finished setting is reused, so the command resumes) and reads
 its evaluation: the k-NN (k = 5) label accuracy of the CLS on the test split against the
-train split, and the ROC AUC of same- vs different-digit cosines. Labels only score; SimCLR
+train split (with a 95% binomial interval over the test queries), and the ROC AUC of same- vs different-digit cosines. Labels only score; SimCLR
 never sees them. Writes OUT/simclr_views.json and OUT/simclr_views.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -55,8 +56,12 @@ def measure(config, workdir: str) -> dict[str, Any]:
     if report is None or report.get("key") != bundle.encoder_key(config):
         report = train_encoder.run_encoder_job(config, workdir)
     cosine = report["cosine"]
+    accuracy, n = report["knn5_accuracy"], report["query_size"]
+    half = 1.96 * math.sqrt(accuracy * (1.0 - accuracy) / n)  # normal binomial interval
     return {
-        "knn5_accuracy": report["knn5_accuracy"],
+        "knn5_accuracy": accuracy,
+        "knn5_interval": [max(0.0, accuracy - half), min(1.0, accuracy + half)],
+        "queries": n,
         "auc_same_vs_different": cosine["auc_same_vs_different"],
         "same_cosine_median": cosine["same"]["quantiles"]["q50"],
         "different_cosine_median": cosine["different"]["quantiles"]["q50"],
@@ -69,14 +74,15 @@ def measure(config, workdir: str) -> dict[str, Any]:
 def table(result: dict[str, Any]) -> str:
     """The markdown table of a result."""
     lines = [
-        "| views (`config.encoder.aug_*`) | k-NN (k = 5) test accuracy | ROC AUC same vs different "
+        "| views (`config.encoder.aug_*`) | k-NN (k = 5) test accuracy [95%] | ROC AUC same vs different "
         "digit | median cosine same / different |",
         "| --- | --- | --- | --- |",
     ]
     for name, row in result["rows"].items():
         changes = ", ".join(f"{k}={v:g}" for k, v in row["changes"].items()) or "defaults"
+        low, high = row["knn5_interval"]
         lines.append(
-            f"| {name} ({changes}) | {row['knn5_accuracy']:.3f} | "
+            f"| {name} ({changes}) | {row['knn5_accuracy']:.3f} [{low:.3f}, {high:.3f}] | "
             f"{row['auc_same_vs_different']:.3f} | {row['same_cosine_median']:.3f} / "
             f"{row['different_cosine_median']:.3f} |"
         )

@@ -42,6 +42,8 @@ def test_tiny_sweep_writes_table_and_resumes(tmp_path, monkeypatch, bars, capsys
     assert rows["elastic, rotation 20, scale 0.2"]["changes"]["aug_elastic"] == 34.0
     for row in rows.values():
         assert 0.0 <= row["knn5_accuracy"] <= 1.0 and row["encoder_steps"] == 5
+        low, high = row["knn5_interval"]
+        assert low <= row["knn5_accuracy"] <= high and row["queries"] == 40
         assert 0.0 <= row["auc_same_vs_different"] <= 1.0
     # Different views, different encoders: each setting trained its own.
     evals = [
