@@ -8,8 +8,8 @@ each named setting of `config.encoder.aug_*` (SETTINGS), this trains the `:unsup
 encoder through the real encoder job (`train_encoder.run_encoder_job`, into
 OUT/simclr_views/<setting>; a finished setting is reused, so the command resumes) and reads
 its evaluation: the k-NN (k = 5) label accuracy of the CLS on the test split against the
-train split (with a 95% binomial interval over the test queries), and the ROC AUC of same- vs different-digit cosines. Labels only score; SimCLR
-never sees them. Writes OUT/simclr_views.json and OUT/simclr_views.md.
+train split (with a 95% binomial interval over the test queries), and the ROC AUC of same-
+vs different-digit cosines. Labels only score; SimCLR never sees them. Writes OUT/simclr_views.json and OUT/simclr_views.md.
 """
 
 from __future__ import annotations
@@ -29,9 +29,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 # (rotation ±15°, scale ±10%, shift ±10%, no elastic, pixel noise 0.1).
 SETTINGS: dict[str, dict[str, float]] = {
     "default": {},
-    "elastic, rotation 20, scale 0.2": dict(
-        aug_elastic=34.0, aug_rotation_deg=20.0, aug_scale=0.2
-    ),
+    "elastic, rotation 20, scale 0.2": dict(aug_elastic=34.0, aug_rotation_deg=20.0, aug_scale=0.2),
     "elastic, rotation 30, scale 0.3, shift 0.15, noise 0.2": dict(
         aug_elastic=34.0, aug_rotation_deg=30.0, aug_scale=0.3, aug_shift=0.15, aug_noise=0.2
     ),
@@ -74,8 +72,8 @@ def measure(config, workdir: str) -> dict[str, Any]:
 def table(result: dict[str, Any]) -> str:
     """The markdown table of a result."""
     lines = [
-        "| views (`config.encoder.aug_*`) | k-NN (k = 5) test accuracy [95%] | ROC AUC same vs different "
-        "digit | median cosine same / different |",
+        "| views (`config.encoder.aug_*`) | k-NN (k = 5) test accuracy [95%] "
+        "| ROC AUC same vs different digit | median cosine same / different |",
         "| --- | --- | --- | --- |",
     ]
     for name, row in result["rows"].items():
@@ -126,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result.update(
         cpu=paper_claims.cpu_model(),
         git_revision=paper_claims.git_revision(),
-        command="python benchmarks/simclr_views.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        command="python benchmarks/simclr_views.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
     )
     atomic_files.write_json(os.path.join(args.out, "simclr_views.json"), result)
     atomic_files.write_text(os.path.join(args.out, "simclr_views.md"), table(result))

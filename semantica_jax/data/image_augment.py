@@ -66,7 +66,9 @@ def _jitter_one(key: jax.Array, image: jnp.ndarray, jitter: Jitter) -> jnp.ndarr
     h, w = image.shape[0], image.shape[1]
     angle = jnp.deg2rad(jax.random.uniform(k_rot, (), minval=-1, maxval=1) * jitter.rotation_deg)
     scale = 1.0 + jax.random.uniform(k_scale, (), minval=-1, maxval=1) * jitter.scale
-    shift = jax.random.uniform(k_shift, (2,), minval=-1, maxval=1) * jitter.shift * jnp.array([h, w])
+    shift = (
+        jax.random.uniform(k_shift, (2,), minval=-1, maxval=1) * jitter.shift * jnp.array([h, w])
+    )
     cos, sin = jnp.cos(angle) / scale, jnp.sin(angle) / scale
     # Pull-back map (output -> input): the inverse of rotate-and-scale about the centre.
     matrix = jnp.array([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
