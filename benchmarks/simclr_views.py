@@ -9,7 +9,8 @@ encoder through the real encoder job (`train_encoder.run_encoder_job`, into
 OUT/simclr_views/<setting>; a finished setting is reused, so the command resumes) and reads
 its evaluation: the k-NN (k = 5) label accuracy of the CLS on the test split against the
 train split (with a 95% binomial interval over the test queries), and the ROC AUC of same-
-vs different-digit cosines. Labels only score; SimCLR never sees them. Writes OUT/simclr_views.json and OUT/simclr_views.md.
+vs different-digit cosines. Labels only score; SimCLR never sees them.
+Writes OUT/simclr_views.json and OUT/simclr_views.md.
 """
 
 from __future__ import annotations
