@@ -184,9 +184,10 @@ def nt_xent_loss(emb: jnp.ndarray, temperature: float) -> jnp.ndarray:
 
 
 # The SimCLR views' jitter, `config.encoder.<field>` -> (Jitter attribute, the value it had
-# before it was a config field: rotation ±15°, scale ±10%, shift ±10% of the side, pixel
-# noise 0.1). A config without the fields, or with these values, keeps the encoder cache key
-# it always had (bundle.encoder_identity).
+# before it was a config field: rotation ±15°, scale ±10%, shift ±10% of the side (it was
+# ±3 px of 28, and a log-uniform scale, in the hand-written warp this replaced), pixel noise
+# 0.1). A config without the fields, or with these values, keeps the encoder cache key it
+# always had (bundle.encoder_identity): the same views up to that reparametrisation.
 VIEW_FIELDS = {
     "aug_rotation_deg": ("rotation_deg", 15.0),
     "aug_scale": ("scale", 0.1),
