@@ -22,6 +22,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
+from semantica_jax.encoder import objectives as encoder_objectives
 from semantica_jax.errors import UserError
 
 CONFIG_JSON = "config.json"
@@ -186,11 +187,7 @@ ADDED_FIELDS = {
     "encoder.input_size": 224,
     "encoder.max_train_images": 0,
     "data.stream_above_mb": 1024.0,
-    "encoder.aug_rotation_deg": 15.0,
-    "encoder.aug_scale": 0.1,
-    "encoder.aug_shift": 0.1,
-    "encoder.aug_elastic": 0.0,
-    "encoder.aug_noise": 0.1,
+    **{f"encoder.{field}": old for field, (_, old) in encoder_objectives.VIEW_FIELDS.items()},
 }
 DROPPED_FIELDS = {"data.shuffle_buffer": 0}
 
