@@ -187,10 +187,19 @@ def arms_for(
         model, params = train_classifier(xs, ys, steps=args.steps, seed=s, **kw)
         return accuracy(model, params, test_x, test_y)
 
-    need_variations = any(a in arms for a in ("c_variations", "d_both"))
-    var = variations_for(args, workdir, x, y, tag, **changes)[0] if need_variations else None
+    # Arms c and d depend on the generator: their keys name it (a rerun into the same OUT
+    # with another --workdir must not reuse them); a, b and e do not.
+    generator = os.path.basename(os.path.normpath(workdir))
+
+    def key_of(arm: str) -> str:
+        named = f"{generator}-" if arm in ("c_variations", "d_both") else ""
+        return f"{named}{tag}{suffix}-{arm}-steps{args.steps}-m{args.variations}"
+
+    var = None
+    if any(a in ("c_variations", "d_both") and key_of(a) not in cache for a in arms):
+        var = variations_for(args, workdir, x, y, tag, **changes)[0]
     for arm in arms:
-        key = f"{tag}{suffix}-{arm}-steps{args.steps}-m{args.variations}"
+        key = key_of(arm)
         if arm == "a_real":
             out[arm] = run_cell(args, cache, key, lambda: fit(standard=False))
         elif arm == "b_standard":

@@ -43,10 +43,32 @@ def test_quick_benchmark_end_to_end(tool_workdir, tmp_path):
     cells = labelled["label_ablations"]["filter off"]
     assert set(cells) == {"c_variations", "d_both"} and cells["d_both"]["n"] == 1
     assert "LABEL-TRAINED generator" in (out / "augmentation.md").read_text()
-    assert any(
-        k.startswith("g1-k10-s0-tau_high=1.01")
-        for k in json.load(open(out / "augmentation_runs.json"))
+    generator = os.path.basename(os.path.normpath(str(tool_workdir)))
+    assert f"{generator}-g1-k10-s0-tau_high=1.01-tau_low=-1.0-c_variations-steps20-m2" in json.load(
+        open(out / "augmentation_runs.json")
     )
+
+
+def test_cached_cells_name_their_generator_and_skip_sampling(tool_workdir, tmp_path):
+    """A finished cell never samples again; another generator into the same OUT gets its
+    own c and d cells while a, b and e (no generator) are reused."""
+    import shutil
+
+    out = tmp_path / "results"
+    argv = [f"--out={out}", "--quick"]
+    benchmark.main([f"--workdir={tool_workdir}", *argv])
+    shutil.rmtree(out / "augmentation")  # the variations; the classifier cells stay cached
+    benchmark.main([f"--workdir={tool_workdir}", *argv])
+    assert not (out / "augmentation").exists()
+    other = tmp_path / "other_generator"
+    shutil.copytree(tool_workdir, other)
+    benchmark.main([f"--workdir={other}", *argv])
+    runs = json.load(open(out / "augmentation_runs.json"))
+    assert len(runs) == 7  # 5 + the new generator's c and d
+    assert sorted(k for k in runs if k.startswith("other_generator-")) == [
+        "other_generator-g0-k1-s0-c_variations-steps20-m2",
+        "other_generator-g0-k1-s0-d_both-steps20-m2",
+    ]
 
 
 def test_unknown_ablation_is_refused_before_any_work(tmp_path, capsys):
