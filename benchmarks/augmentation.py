@@ -226,6 +226,14 @@ def _stats(values: list[float]) -> dict[str, Any]:
     }
 
 
+def _paired(plus: dict, base: dict) -> str:
+    """'+0.0123 ± 0.0045 (2/3)': mean ± std of plus − base over the same subsets, and the
+    subsets where plus was higher (both are _stats dicts with equal n)."""
+    d = np.subtract(plus["values"], base["values"])
+    sd = float(d.std(ddof=1)) if len(d) > 1 else 0.0
+    return f"{d.mean():+.4f} ± {sd:.4f} ({int((d > 0).sum())}/{len(d)})"
+
+
 def table_and_plot(result: dict, out: str) -> None:
     import matplotlib
 
@@ -265,9 +273,7 @@ def table_and_plot(result: dict, out: str) -> None:
                 if plus not in arms or base not in arms:
                     cells.append("—")
                     continue
-                d = np.subtract(arms[plus]["values"], arms[base]["values"])
-                sd = float(d.std(ddof=1)) if len(d) > 1 else 0.0
-                cells.append(f"{d.mean():+.4f} ± {sd:.4f} ({int((d > 0).sum())}/{len(d)})")
+                cells.append(_paired(arms[plus], arms[base]))
             lines.append(f"| {gen} | {k} | " + " | ".join(cells) + " |")
     ks = sorted(int(k) for k in result["main"][label_free])
     for arm in ARMS:
@@ -297,18 +303,24 @@ def table_and_plot(result: dict, out: str) -> None:
     for field, who in (("ablations", "label-free"), ("label_ablations", "LABEL-TRAINED")):
         if not result.get(field):
             continue
+        # Paired against arms a and b at k = 10 (no generator; the same subsets and seeds).
+        base = result["main"][label_free].get("10", {})
         lines += [
             "",
-            f"Ablations at k = 10 ({who} generator), arm c / d:",
+            f"Ablations at k = 10 ({who} generator), arms c / d, paired against a / b:",
             "",
-            "| setting | c_variations | d_both |",
-            "|---|---|---|",
+            "| setting | c_variations | d_both | c − a | d − b |",
+            "|---|---|---|---|---|",
         ]
         for name, arms in result[field].items():
+            c, d = arms["c_variations"], arms["d_both"]
+            paired = [
+                _paired(x, base[b]) if b in base and x["n"] == base[b]["n"] else "—"
+                for x, b in ((c, "a_real"), (d, "b_standard"))
+            ]
             lines.append(
-                f"| {name} | {arms['c_variations']['mean']:.4f} ± "
-                f"{arms['c_variations']['std']:.4f} | {arms['d_both']['mean']:.4f} ± "
-                f"{arms['d_both']['std']:.4f} |"
+                f"| {name} | {c['mean']:.4f} ± {c['std']:.4f} | "
+                f"{d['mean']:.4f} ± {d['std']:.4f} | " + " | ".join(paired) + " |"
             )
     atomic_files.write_text(os.path.join(out, "augmentation.md"), "\n".join(lines) + "\n")
 
