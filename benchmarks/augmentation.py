@@ -1,6 +1,6 @@
 """Few-shot MNIST with generative augmentation (seed 004): when do variations help?
 
-  .venv/bin/python benchmarks/augmentation.py --workdir=workdirs/mnist_unsupervised \
+  .venv/bin/python benchmarks/augmentation.py --workdir=workdirs/mnist_unsupervised_strong \
       --label_workdir=workdirs/mnist_default --out=benchmarks/results
   .venv/bin/python benchmarks/augmentation.py --workdir=DIR --quick --out=/tmp/aug   # seconds
 
@@ -13,12 +13,15 @@ small CNN (models/feature_net.FeatureNet, --steps Adam steps of batch 64) under:
 Accuracy on the full 10k test split, mean ± std over the subsets. Ablations at k = 10: the
 filter off, constant guidance w in {0, 0.5, 1} instead of SGID's, SDEdit strength 0.5 and
 0.3 instead of pure noise. `--workdir` is the generator of the main rows and must be
-label-free (configs/mnist.py:unsupervised: a SimCLR encoder and k-means episodes) so that
-no label beyond the k per class reaches the classifier; `--label_workdir` adds a clearly
-marked row for a generator trained on label-grouped pairs of all 60k labels (leakage).
+label-free (configs/mnist.py:unsupervised_strong or :unsupervised: a SimCLR encoder and
+k-means episodes) so that no label beyond the k per class reaches the classifier;
+`--label_workdir` adds a clearly marked row for a generator trained on label-grouped pairs
+of all 60k labels (leakage).
 
 Variations are generated once per (generator, k, subset, setting) into OUT/augmentation/
-and reused on a rerun, like every finished classifier run. Outputs:
+and reused on a rerun, like every finished classifier run (OUT/augmentation_runs.json; the
+keys of arms c and d name the generator's workdir, so another --workdir into the same OUT
+gets its own; a cell already there never samples again). Outputs:
 OUT/augmentation.json, OUT/augmentation.png (accuracy vs k, arms a-e), OUT/augmentation.md.
 """
 
