@@ -299,7 +299,7 @@ def table_and_plot(result: dict, out: str) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("labelled images per class k")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"few-shot MNIST, generator {label_free} (dashed: label-trained)", fontsize=9)
+    ax.set_title(f"few-shot MNIST, generator {label_free}\n(dashed: label-trained)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     atomic_files.save_figure(fig, os.path.join(out, "augmentation.png"), format="png")
