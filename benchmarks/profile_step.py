@@ -75,7 +75,7 @@ def child(args) -> dict:
     sys.path.insert(0, ROOT)
     import jax
 
-    compiled, state, batch, flops, bsz, mesh, _ = build_step(args.variant, args.set)
+    compiled, state, batch, flops, bsz, mesh, *_ = build_step(args.variant, args.set)
     kinds = op_kinds(compiled.as_text())
     with jax.set_mesh(mesh):
         for _ in range(2):

@@ -27,7 +27,12 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.train_throughput import add_xla_defaults_flag, apply_overrides  # noqa: E402
+from benchmarks.train_throughput import (  # noqa: E402
+    add_xla_defaults_flag,
+    apply_overrides,
+    cond_token_shape,
+    config_for,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,17 +60,16 @@ def measure(args) -> dict:
     import jax
     import numpy as np
 
-    from configs import mnist
     from semantica_jax import decoder
     from semantica_jax.diffusion import samplers
     from semantica_jax.models import uvit
 
-    config = apply_overrides(mnist.get_config(args.variant), args.set)
+    config = apply_overrides(config_for(args.variant), args.set)
     config.model.dtype = args.dtype
     model = decoder.build_model(config)
     hw, c = config.data.image_size, config.data.channels
-    num_tokens = (hw // config.encoder.patch_size) ** 2
-    inputs = uvit.example_inputs(model.config, 2, num_tokens, config.encoder.width)
+    num_tokens, width = cond_token_shape(config)
+    inputs = uvit.example_inputs(model.config, 2, num_tokens, width)
     params = model.init(jax.random.PRNGKey(0), *inputs, train=False)["params"]
     # Small noise on every weight, so the zero-initialised output layers pass signal and the
     # cached-vs-uncached difference below compares real outputs (not two zero images).
@@ -76,8 +80,8 @@ def measure(args) -> dict:
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     rng = np.random.default_rng(0)
     cond = {
-        "tokens": rng.normal(size=(args.batch, num_tokens, config.encoder.width)).astype("f4"),
-        "cls": rng.normal(size=(args.batch, config.encoder.width)).astype("f4"),
+        "tokens": rng.normal(size=(args.batch, num_tokens, width)).astype("f4"),
+        "cls": rng.normal(size=(args.batch, width)).astype("f4"),
     }
     logsnr_fn = decoder.training_logsnr_fn(config)
     rows = []
@@ -120,6 +124,8 @@ def measure(args) -> dict:
             print(json.dumps(rows[-1]), flush=True)
     return {
         "variant": args.variant,
+        "platform": jax.devices()[0].platform,
+        "device_kind": jax.devices()[0].device_kind,
         "dtype": args.dtype,
         "num_params": num_params,
         "batch": args.batch,
@@ -134,7 +140,11 @@ def measure(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results", help="directory for the JSON")
-    parser.add_argument("--variant", default="default", help="configs/mnist.py variant")
+    parser.add_argument(
+        "--variant",
+        default="default",
+        help="configs/mnist.py variant, or a config file such as configs/imagenet256.py",
+    )
     parser.add_argument("--batch", type=int, default=64, help="samples per sampler call")
     parser.add_argument("--steps", type=int, default=32, help="reverse steps")
     parser.add_argument("--kinds", default="ddpm,ddim", help="sampler kinds, comma-separated")
@@ -164,9 +174,8 @@ def main() -> None:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         **measure(args),
     }
-    name = args.name or (
-        f"sampler_throughput_{args.variant}{'_no_xla_defaults' * args.no_xla_defaults}.json"
-    )
+    suffix = "_no_xla_defaults" * args.no_xla_defaults
+    name = args.name or f"sampler_throughput_{os.path.basename(args.variant)}{suffix}.json"
     path = atomic_files.write_json(os.path.join(args.out, name), report)
     print(f"wrote {path}")
 

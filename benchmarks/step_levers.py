@@ -134,11 +134,10 @@ def child(args) -> dict:
     import train_throughput
 
     variant = "tiny" if args.quick else args.variant
-    compiled, state, batch, flops, bsz, mesh, _ = train_throughput.build_step(variant, args.set)
-    from configs import mnist
+    compiled, state, batch, flops, bsz, mesh, *_ = train_throughput.build_step(variant, args.set)
     from semantica_jax.models import uvit
 
-    config = train_throughput.apply_overrides(mnist.get_config(variant), args.set)
+    config = train_throughput.apply_overrides(train_throughput.config_for(variant), args.set)
     ucfg = uvit.UViTConfig.from_config(config.model, config.data.image_size, config.data.channels)
     side, width = ucfg.transformer_resolutions[-1], ucfg.transformer_widths[-1]
     blocks = ucfg.transformer_blocks[-1]

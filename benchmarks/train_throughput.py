@@ -28,35 +28,41 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def build_step(variant: str, overrides: list[str]):
     """The real jitted, donated, sharded train step of a config, compiled on synthetic data.
 
-    Returns (compiled step, state, batch, FLOPs per global step, batch size, mesh, compile s).
+    Returns (compiled step, state, batch, FLOPs per global step, batch size, mesh, compile s,
+    model FLOPs per global step).
     """
     sys.path.insert(0, ROOT)
     import jax
     import numpy as np
 
-    from configs import mnist
-    from semantica_jax import decoder, train
-    from semantica_jax.train_step import StepConfig, make_optimizer, train_step
+    from semantica_jax import decoder
+    from semantica_jax.train_step import (
+        StepConfig,
+        create_state,
+        make_optimizer,
+        model_apply_fn,
+        train_step,
+    )
     from semantica_jax.utils import parallel
 
-    config = apply_overrides(mnist.get_config(variant), overrides)
+    config = apply_overrides(config_for(variant), overrides)
     mesh = parallel.make_mesh(config.mesh.fsdp)
     bsz = config.train.batch_size
     parallel.check_batch_size(bsz, mesh)
     hw, c = config.data.image_size, config.data.channels
-    num_tokens = (hw // config.encoder.patch_size) ** 2
+    num_tokens, width = cond_token_shape(config)
     rng = np.random.default_rng(0)
     host_batch = {
         "target": rng.uniform(-1, 1, (bsz, hw, hw, c)).astype(np.float32),
-        "cond_tokens": rng.normal(size=(bsz, num_tokens, config.encoder.width)).astype(np.float32),
-        "cond_cls": rng.normal(size=(bsz, config.encoder.width)).astype(np.float32),
+        "cond_tokens": rng.normal(size=(bsz, num_tokens, width)).astype(np.float32),
+        "cond_cls": rng.normal(size=(bsz, width)).astype(np.float32),
     }
     model = decoder.build_model(config)
     tx = make_optimizer(config.train)
-    state, abstract = train.create_state(config, model, tx, host_batch, mesh)
+    state, abstract = create_state(config, model, tx, host_batch, mesh)
     step_fn = functools.partial(
         train_step,
-        model_apply=train._model_apply(model),
+        model_apply=model_apply_fn(model),
         encoder_apply=None,
         logsnr_fn=decoder.training_logsnr_fn(config),
         tx=tx,
@@ -72,13 +78,44 @@ def build_step(variant: str, overrides: list[str]):
     with jax.set_mesh(mesh):
         batch = parallel.global_batch(host_batch, mesh)
         t0 = time.perf_counter()
-        compiled = jit_step.lower(state, batch, {}).compile()
+        lowered = jit_step.lower(state, batch, {})
+        compiled = lowered.compile()
         compile_s = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     # XLA reports the cost of one SPMD partition: scale to the whole (global) step.
     flops = float(cost.get("flops", float("nan"))) * mesh.size
-    return compiled, state, batch, flops, bsz, mesh, compile_s
+    # The model's FLOPs as written (before XLA's passes; on GPU the compiled count can miss
+    # convolutions handed to cuDNN), the numerator of MFU. Of the global step already.
+    model_cost = lowered.cost_analysis()
+    model_cost = model_cost[0] if isinstance(model_cost, list) else model_cost
+    model_flops = float((model_cost or {}).get("flops", float("nan")))
+    return compiled, state, batch, flops, bsz, mesh, compile_s, model_flops
+
+
+def config_for(variant: str):
+    """A benchmark's config: a configs/mnist.py variant name ("default", "tiny", ...) or a
+    config file as --config takes it ("configs/imagenet256.py", "configs/mnist.py:large")."""
+    import importlib
+
+    sys.path.insert(0, ROOT)
+    if not variant.endswith(".py") and ".py:" not in variant:
+        from configs import mnist
+
+        return mnist.get_config(variant)
+    path, _, sub = variant.partition(":")
+    module = importlib.import_module("configs." + os.path.splitext(os.path.basename(path))[0])
+    return module.get_config(sub) if sub else module.get_config()
+
+
+def cond_token_shape(config) -> tuple[int, int]:
+    """(T, D) of the conditioning tokens: `encoder.num_tokens` where a config fixes it (a
+    pretrained encoder's, e.g. DINOv2's 256 at 224²), else the project encoder's."""
+    from semantica_jax import assets
+
+    if config.encoder.get("num_tokens"):
+        return int(config.encoder.num_tokens), int(config.encoder.width)
+    return assets.encoder_token_shape(config)
 
 
 def apply_overrides(config, overrides: list[str]):
@@ -102,9 +139,11 @@ def measure(variant: str, steps: int, warmup: int, overrides: list[str]) -> dict
     import jax
     import numpy as np
 
-    compiled, state, batch, flops, bsz, mesh, compile_s = build_step(variant, overrides)
+    compiled, state, batch, flops, bsz, mesh, compile_s, model_flops = build_step(
+        variant, overrides
+    )
     with jax.set_mesh(mesh):
-        for _ in range(warmup):
+        for _ in range(max(warmup, 1)):  # at least one, so the timed steps start warm
             state, metrics = compiled(state, batch, {})
         jax.block_until_ready(metrics)
         c0, t0 = time.process_time(), time.perf_counter()
@@ -130,6 +169,9 @@ def measure(variant: str, steps: int, warmup: int, overrides: list[str]) -> dict
         "flops_per_step": flops,
         "flops_per_image": flops / bsz,
         "achieved_gflops_per_s": round(flops / step_s / 1e9, 1),
+        "model_flops_per_image": model_flops / bsz,
+        "model_tflops_per_s": round(model_flops / step_s / 1e12, 2),
+        "device_kind": jax.devices()[0].device_kind,
         "cores_busy": round(cores_busy, 2),
         "peak_memory_gib": round(peak / 2**30, 3),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -140,13 +182,18 @@ def measure(variant: str, steps: int, warmup: int, overrides: list[str]) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results", help="directory for the JSON")
-    parser.add_argument("--variant", default="default", help="configs/mnist.py variant")
+    parser.add_argument(
+        "--variant",
+        default="default",
+        help="configs/mnist.py variant, or a config file such as configs/imagenet256.py",
+    )
     parser.add_argument("--devices", default="1,8", help="simulated CPU device counts")
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
     parser.add_argument("--xla_flags", default="", help="extra XLA_FLAGS, e.g. onednn flags")
     add_xla_defaults_flag(parser)
     parser.add_argument("--set", action="append", default=[], help="config override a.b=v")
+    parser.add_argument("--name", default="train_throughput.json", help="result file name")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -188,7 +235,7 @@ def main() -> None:
     sys.path.insert(0, ROOT)
     from semantica_jax.utils import atomic_files
 
-    path = atomic_files.write_json(os.path.join(args.out, "train_throughput.json"), report)
+    path = atomic_files.write_json(os.path.join(args.out, args.name), report)
     print(f"wrote {path}")
 
 

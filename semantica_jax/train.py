@@ -30,8 +30,10 @@ from semantica_jax.errors import NonFiniteError
 from semantica_jax.train_step import (
     StepConfig,
     TrainState,
+    create_state,
     learning_rate_schedule,
     make_optimizer,
+    model_apply_fn,
     train_step,
 )
 from semantica_jax.utils import atomic_files, checkpointing, image_io, parallel
@@ -86,64 +88,11 @@ def validate_config(config) -> None:
         )
 
 
-def _model_apply(model):
-    def apply(params, z_t, logsnr, cond_tokens, cond_cls, drop_cond, dropout_rng):
-        return model.apply(
-            {"params": params},
-            z_t,
-            logsnr,
-            cond_tokens,
-            cond_cls,
-            drop_cond,
-            train=True,
-            rngs={"dropout": dropout_rng},
-        )
-
-    return apply
-
-
 def _encoder_apply(bundle):
     def apply(params, images):
         return bundle.model.apply({"params": params}, images)[1]
 
     return apply
-
-
-def create_state(config, model, tx, example: dict[str, np.ndarray], mesh) -> tuple[Any, Any]:
-    """Shape-first initialisation: eval_shape -> shardings -> jitted init on the mesh.
-
-    Returns:
-      (state, abstract_state); the abstract state (with shardings) is the restore target.
-    """
-    rng = jax.random.PRNGKey(config.seed)
-
-    def init(rng):
-        init_rng, state_rng = jax.random.split(rng)
-        b = 1
-        params = model.init(
-            {"params": init_rng},
-            jnp.zeros((b, *example["target"].shape[1:]), jnp.float32),
-            jnp.zeros((b,), jnp.float32),
-            jnp.zeros((b, *example["cond_tokens"].shape[1:]), jnp.float32),
-            jnp.zeros((b, *example["cond_cls"].shape[1:]), jnp.float32),
-            jnp.zeros((b,), bool),
-            train=False,
-        )["params"]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            ema_params=params,
-            opt_state=tx.init(params),
-            rng=state_rng,
-        )
-
-    abstract = jax.eval_shape(init, rng)
-    shardings = parallel.state_shardings(abstract, mesh, int(config.mesh.fsdp_min_size))
-    state = jax.jit(init, out_shardings=shardings)(rng)
-    abstract = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-    )
-    return state, abstract
 
 
 class _Preemption:
@@ -269,7 +218,7 @@ def training_loop(config, workdir: str, stack: contextlib.ExitStack):
     use_sim = hp.sim_loss_weight > 0
     step_fn = functools.partial(
         train_step,
-        model_apply=_model_apply(model),
+        model_apply=model_apply_fn(model),
         encoder_apply=_encoder_apply(bundle) if use_sim else None,
         logsnr_fn=decoder.training_logsnr_fn(config),
         tx=tx,

@@ -1,4 +1,8 @@
-"""The train state, the optimiser and the pure train step (jitted at the call site)."""
+"""The train state (and its sharded initialisation), the optimiser and the pure train step.
+
+The step is jitted at the call site. Nothing here reads data or writes summaries, so a
+benchmark can build the real step without the input pipeline's or clu's dependencies.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,11 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from semantica_jax.diffusion import losses
+from semantica_jax.utils import parallel
 from semantica_jax.utils.cosine import rowwise_cosine
 
 # Edges of the logSNR buckets for the per-noise-level loss summaries.
@@ -185,3 +191,58 @@ def train_step(
     if use_sim:
         metrics["sim_loss"] = aux["sim_loss"]
     return new_state, metrics
+
+
+def model_apply_fn(model) -> Callable:
+    """The decoder's training-mode apply in the argument order `train_step` calls it."""
+
+    def apply(params, z_t, logsnr, cond_tokens, cond_cls, drop_cond, dropout_rng):
+        return model.apply(
+            {"params": params},
+            z_t,
+            logsnr,
+            cond_tokens,
+            cond_cls,
+            drop_cond,
+            train=True,
+            rngs={"dropout": dropout_rng},
+        )
+
+    return apply
+
+
+def create_state(config, model, tx, example: dict[str, np.ndarray], mesh) -> tuple[Any, Any]:
+    """Shape-first initialisation: eval_shape -> shardings -> jitted init on the mesh.
+
+    Returns:
+      (state, abstract_state); the abstract state (with shardings) is the restore target.
+    """
+    rng = jax.random.PRNGKey(config.seed)
+
+    def init(rng):
+        init_rng, state_rng = jax.random.split(rng)
+        b = 1
+        params = model.init(
+            {"params": init_rng},
+            jnp.zeros((b, *example["target"].shape[1:]), jnp.float32),
+            jnp.zeros((b,), jnp.float32),
+            jnp.zeros((b, *example["cond_tokens"].shape[1:]), jnp.float32),
+            jnp.zeros((b, *example["cond_cls"].shape[1:]), jnp.float32),
+            jnp.zeros((b,), bool),
+            train=False,
+        )["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            ema_params=params,
+            opt_state=tx.init(params),
+            rng=state_rng,
+        )
+
+    abstract = jax.eval_shape(init, rng)
+    shardings = parallel.state_shardings(abstract, mesh, int(config.mesh.fsdp_min_size))
+    state = jax.jit(init, out_shardings=shardings)(rng)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+    return state, abstract
