@@ -177,9 +177,22 @@ def run_cell(args, cache: dict, key: str, fn) -> float:
 
 
 def arms_for(
-    args, cache, workdir, tag_prefix, train_x, train_y, test_x, test_y, k, s, arms=ARMS, **changes
+    args,
+    cache,
+    workdir,
+    tag_prefix,
+    train_x,
+    train_y,
+    test_x,
+    test_y,
+    k,
+    s,
+    arms=ARMS,
+    cached_only=False,
+    **changes,
 ):
-    """Accuracy of each arm for one (generator, k, subset, settings)."""
+    """Accuracy of each arm for one (generator, k, subset, settings); with `cached_only`,
+    only the arms already in the cache (nothing is sampled or trained)."""
     sub = few_shot_subset(train_y, k, seed=1000 * k + s)
     x, y = train_x[sub], train_y[sub]
     tag = f"{tag_prefix}k{k}-s{s}"
@@ -198,6 +211,8 @@ def arms_for(
         named = f"{generator}-" if arm in ("c_variations", "d_both") else ""
         return f"{named}{tag}{suffix}-{arm}-steps{args.steps}-m{args.variations}"
 
+    if cached_only:
+        arms = [a for a in arms if key_of(a) in cache]
     var = None
     if any(a in ("c_variations", "d_both") and key_of(a) not in cache for a in arms):
         var = variations_for(args, workdir, x, y, tag, **changes)[0]
@@ -219,20 +234,34 @@ def arms_for(
     return out
 
 
-def _stats(values: list[float]) -> dict[str, Any]:
+def _stats(values: list[float], subsets: list[int] | None = None) -> dict[str, Any]:
+    """Mean, std, n and the values with the subset index of each (0, 1, ... by default)."""
     v = np.asarray(values, np.float64)
     return {
         "mean": float(v.mean()),
         "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
         "n": int(len(v)),
         "values": [float(x) for x in v],
+        "subsets": list(range(len(v))) if subsets is None else [int(i) for i in subsets],
     }
 
 
+def _row(cells: list[dict[str, float]], arms) -> dict[str, Any]:
+    """Per arm, the _stats over the subsets (list index) that have it."""
+    row = {}
+    for a in arms:
+        have = [i for i, c in enumerate(cells) if a in c]
+        if have:
+            row[a] = _stats([cells[i][a] for i in have], have)
+    return row
+
+
 def _paired(plus: dict, base: dict) -> str:
-    """'+0.0123 ± 0.0045 (2/3)': mean ± std of plus − base over the same subsets, and the
-    subsets where plus was higher (both are _stats dicts with equal n)."""
-    d = np.subtract(plus["values"], base["values"])
+    """'+0.0123 ± 0.0045 (2/3)': mean ± std of plus − base over the subsets both have (by
+    subset index), and the subsets where plus was higher (both are _stats dicts)."""
+    by_subset = dict(zip(base.get("subsets", range(base["n"])), base["values"], strict=True))
+    own = plus.get("subsets", range(plus["n"]))
+    d = np.asarray([v - by_subset[i] for i, v in zip(own, plus["values"], strict=True)])
     sd = float(d.std(ddof=1)) if len(d) > 1 else 0.0
     return f"{d.mean():+.4f} ± {sd:.4f} ({int((d > 0).sum())}/{len(d)})"
 
@@ -249,8 +278,8 @@ def table_and_plot(result: dict, out: str) -> None:
         f"Command: `{result['command']}`; CPU: {result['cpu']}; accuracy on the 10k "
         "test split, mean ± std over subsets.",
         "",
-        "| generator | k | " + " | ".join(ARMS) + " |",
-        "|---" * (len(ARMS) + 2) + "|",
+        "| generator | k | subsets | " + " | ".join(ARMS) + " |",
+        "|---" * (len(ARMS) + 3) + "|",
     ]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for gen, rows in result["main"].items():
@@ -258,7 +287,8 @@ def table_and_plot(result: dict, out: str) -> None:
             cells = [
                 f"{arms[a]['mean']:.4f} ± {arms[a]['std']:.4f}" if a in arms else "—" for a in ARMS
             ]
-            lines.append(f"| {gen} | {k} | " + " | ".join(cells) + " |")
+            n = max((arms[a]["n"] for a in arms), default=0)
+            lines.append(f"| {gen} | {k} | {n} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Paired differences (same subsets), mean ± std, and subsets where the variations helped:",
@@ -312,17 +342,17 @@ def table_and_plot(result: dict, out: str) -> None:
             "",
             f"Ablations at k = 10 ({who} generator), arms c / d, paired against a / b:",
             "",
-            "| setting | c_variations | d_both | c − a | d − b |",
-            "|---|---|---|---|---|",
+            "| setting | subsets | c_variations | d_both | c − a | d − b |",
+            "|---|---|---|---|---|---|",
         ]
         for name, arms in result[field].items():
             c, d = arms["c_variations"], arms["d_both"]
             paired = [
-                _paired(x, base[b]) if b in base and x["n"] == base[b]["n"] else "—"
+                _paired(x, base[b]) if b in base else "—"
                 for x, b in ((c, "a_real"), (d, "b_standard"))
             ]
             lines.append(
-                f"| {name} | {c['mean']:.4f} ± {c['std']:.4f} | "
+                f"| {name} | {c['n']} | {c['mean']:.4f} ± {c['std']:.4f} | "
                 f"{d['mean']:.4f} ± {d['std']:.4f} | " + " | ".join(paired) + " |"
             )
     atomic_files.write_text(os.path.join(out, "augmentation.md"), "\n".join(lines) + "\n")
@@ -341,6 +371,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     p.add_argument("--k", default="1,5,10,50")
     p.add_argument("--subsets", type=int, default=5)
+    p.add_argument(
+        "--label_subsets",
+        type=int,
+        default=0,
+        help="subsets of the --label_workdir rows (0: --subsets); each row reports its n",
+    )
+    p.add_argument(
+        "--label_from_cache",
+        action="store_true",
+        help="the --label_workdir rows from cached cells only (that generator need not exist; "
+        "each row reports the subsets it has)",
+    )
+    p.add_argument(
+        "--ablation_subsets", type=int, default=0, help="subsets of the ablations (0: --subsets)"
+    )
     p.add_argument("--variations", type=int, default=10)
     p.add_argument("--steps", type=int, default=1000, help="classifier steps (every arm)")
     p.add_argument("--seed", type=int, default=0)
@@ -381,8 +426,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"({os.path.basename(os.path.normpath(args.label_workdir))})"
         ] = args.label_workdir
     result: dict[str, Any] = {"main": {}, "ablations": {}}
+    label_subsets = args.label_subsets or args.subsets
+    ablation_subsets = args.ablation_subsets or args.subsets
     for g, (gen_name, workdir) in enumerate(generators.items()):
         arms = ARMS if g == 0 else ("c_variations", "d_both")
+        subsets = args.subsets if g == 0 else label_subsets
+        cached_only = g > 0 and args.label_from_cache
         rows = {}
         for k in ks:
             cells = [
@@ -398,14 +447,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     k,
                     s,
                     arms=arms,
+                    cached_only=cached_only,
                 )
-                for s in range(args.subsets)
+                for s in range(subsets)
             ]
-            rows[str(k)] = {a: _stats([c[a] for c in cells]) for a in arms}
+            rows[str(k)] = _row(cells, arms)
         result["main"][gen_name] = rows
 
-    def ablation(workdir: str, prefix: str, changes: dict) -> dict[str, Any]:
-        """Arms c and d at k = 10 with the tool settings `changes`, over the subsets."""
+    def ablation(
+        workdir: str, prefix: str, changes: dict, subsets: int, cached_only: bool = False
+    ) -> dict[str, Any]:
+        """Arms c and d at k = 10 with the tool settings `changes`, over `subsets` subsets."""
         cells = [
             arms_for(
                 args,
@@ -419,22 +471,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 10,
                 s,
                 arms=("c_variations", "d_both"),
+                cached_only=cached_only,
                 **changes,
             )
-            for s in range(args.subsets)
+            for s in range(subsets)
         ]
-        return {a: _stats([c[a] for c in cells]) for a in ("c_variations", "d_both")}
+        return _row(cells, ("c_variations", "d_both"))
 
     if not args.no_ablations:
         for name in chosen:
-            result["ablations"][name] = ablation(args.workdir, "g0-", ABLATIONS[name])
+            result["ablations"][name] = ablation(
+                args.workdir, "g0-", ABLATIONS[name], ablation_subsets
+            )
     if args.label_workdir and label_chosen:
         result["label_ablations"] = {
-            name: ablation(args.label_workdir, "g1-", ABLATIONS[name]) for name in label_chosen
+            name: ablation(
+                args.label_workdir, "g1-", ABLATIONS[name], min(label_subsets, ablation_subsets)
+            )
+            for name in label_chosen
         }
     result.update(
         k=ks,
         subsets=args.subsets,
+        label_subsets=label_subsets if args.label_workdir else 0,
+        ablation_subsets=ablation_subsets,
         variations=args.variations,
         classifier_steps=args.steps,
         wall_seconds_this_call=round(time.perf_counter() - start, 1),

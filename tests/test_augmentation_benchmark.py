@@ -82,3 +82,29 @@ def test_unknown_ablation_is_refused_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         benchmark.main([f"--workdir={tmp_path / 'missing'}", "--label_ablations=nope"])
     assert exit_info.value.code == 2 and "['nope']" in capsys.readouterr().err
+
+
+def test_paired_differences_match_subsets_by_index():
+    base = benchmark._stats([0.5, 0.6, 0.7])
+    plus = benchmark._stats([0.8, 0.65], subsets=[2, 0])
+    # 0.8 - 0.7 and 0.65 - 0.5: mean 0.125, std 0.0354, both higher.
+    assert benchmark._paired(plus, base) == "+0.1250 ± 0.0354 (2/2)"
+
+
+def test_label_row_from_cache_needs_no_generator(tool_workdir, tmp_path):
+    """--label_from_cache reports the label-trained row from its cached cells alone, each
+    arm with the subsets it has, once that generator is gone."""
+    import shutil
+
+    out, label = tmp_path / "results", tmp_path / "label_generator"
+    shutil.copytree(tool_workdir, label)
+    argv = [f"--workdir={tool_workdir}", f"--out={out}", "--quick", f"--label_workdir={label}"]
+    benchmark.main(argv)
+    shutil.rmtree(label)
+    shutil.rmtree(out / "augmentation")
+    result = benchmark.main(argv + ["--label_from_cache", "--label_subsets=2"])
+    row = result["main"][list(result["main"])[1]]["1"]
+    assert set(row) == {"c_variations", "d_both"}
+    assert row["d_both"]["subsets"] == [0] and row["d_both"]["n"] == 1
+    assert not (out / "augmentation").exists()  # nothing was sampled
+    assert result["label_subsets"] == 2
