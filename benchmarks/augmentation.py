@@ -246,13 +246,13 @@ def _stats(values: list[float], subsets: list[int] | None = None) -> dict[str, A
     }
 
 
-def _row(cells: list[dict[str, float]], arms) -> dict[str, Any]:
-    """Per arm, the _stats over the subsets (list index) that have it."""
+def _row(cells: list[dict[str, float]], arms, first: int = 0) -> dict[str, Any]:
+    """Per arm, the _stats over the subsets that have it (cells[i] is subset first + i)."""
     row = {}
     for a in arms:
         have = [i for i, c in enumerate(cells) if a in c]
         if have:
-            row[a] = _stats([cells[i][a] for i in have], have)
+            row[a] = _stats([cells[i][a] for i in have], [first + i for i in have])
     return row
 
 
@@ -372,6 +372,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--k", default="1,5,10,50")
     p.add_argument("--subsets", type=int, default=5)
     p.add_argument(
+        "--first_subset",
+        type=int,
+        default=0,
+        help="compute subsets from this one on (to split a run across processes, each into "
+        "its own OUT; their augmentation_runs.json caches then merge into one)",
+    )
+    p.add_argument(
         "--label_subsets",
         type=int,
         default=0,
@@ -449,9 +456,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     arms=arms,
                     cached_only=cached_only,
                 )
-                for s in range(subsets)
+                for s in range(args.first_subset, subsets)
             ]
-            rows[str(k)] = _row(cells, arms)
+            rows[str(k)] = _row(cells, arms, args.first_subset)
         result["main"][gen_name] = rows
 
     def ablation(
@@ -474,9 +481,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 cached_only=cached_only,
                 **changes,
             )
-            for s in range(subsets)
+            for s in range(args.first_subset, subsets)
         ]
-        return _row(cells, ("c_variations", "d_both"))
+        return _row(cells, ("c_variations", "d_both"), args.first_subset)
 
     if not args.no_ablations:
         for name in chosen:

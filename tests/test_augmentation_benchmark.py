@@ -89,6 +89,10 @@ def test_paired_differences_match_subsets_by_index():
     plus = benchmark._stats([0.8, 0.65], subsets=[2, 0])
     # 0.8 - 0.7 and 0.65 - 0.5: mean 0.125, std 0.0354, both higher.
     assert benchmark._paired(plus, base) == "+0.1250 ± 0.0354 (2/2)"
+    # A run split by --first_subset names its cells' subsets from there; a missing arm is
+    # left out of its row.
+    row = benchmark._row([{"a": 0.5}, {"a": 0.7, "b": 0.1}], ["a", "b"], first=3)
+    assert row["a"]["subsets"] == [3, 4] and row["b"]["subsets"] == [4]
 
 
 def test_label_row_from_cache_needs_no_generator(tool_workdir, tmp_path):
