@@ -112,3 +112,24 @@ def test_label_row_from_cache_needs_no_generator(tool_workdir, tmp_path):
     assert row["d_both"]["subsets"] == [0] and row["d_both"]["n"] == 1
     assert not (out / "augmentation").exists()  # nothing was sampled
     assert result["label_subsets"] == 2
+
+
+def test_consistency_counts_kept_variations_of_the_source_digit_and_keeps_old_entries(tmp_path):
+    import augmentation_consistency as consistency
+
+    train_x = np.zeros((4, 2, 2, 1), np.uint8)
+    train_x[1], train_x[2, 0], train_x[3, :, 0] = 255, 255, 255  # four distinct digits
+    train_y = np.array([0, 1, 2, 3])
+    # Variations: copies of train images 1, 2, 2 and 3 (nearest labels 1, 2, 2, 3), the
+    # source's label 1 for all; the real image (not a variation) is left out.
+    images = np.concatenate([train_x[[0]], train_x[[1, 2, 2, 3]]])
+    os.makedirs(tmp_path / "sets" / "g-k1-s3")
+    np.savez(
+        tmp_path / "sets" / "g-k1-s3" / "augmented.npz",
+        images=images,
+        labels=np.array([1, 1, 1, 1, 1]),
+        is_variation=np.array([False, True, True, True, True]),
+    )
+    old = {"g-k1-s0": {"kept_variations": 7, "class_consistency": 0.5}}
+    got = consistency.measure_sets(str(tmp_path / "sets"), train_x, train_y, old)
+    assert got == {**old, "g-k1-s3": {"kept_variations": 4, "class_consistency": 0.25}}
