@@ -310,9 +310,11 @@ def table_and_plot(result: dict, out: str) -> None:
             lines.append(f"| {gen} | {k} | " + " | ".join(cells) + " |")
     ks = sorted(int(k) for k in result["main"][label_free])
     for arm in ARMS:
-        means = [result["main"][label_free][str(k)][arm]["mean"] for k in ks]
-        stds = [result["main"][label_free][str(k)][arm]["std"] for k in ks]
-        ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label=arm)
+        rows = result["main"][label_free]
+        got = [k for k in ks if arm in rows[str(k)]]  # a row from cache may lack an arm
+        means = [rows[str(k)][arm]["mean"] for k in got]
+        stds = [rows[str(k)][arm]["std"] for k in got]
+        ax.errorbar(got, means, yerr=stds, marker="o", capsize=3, label=arm)
     for gen in list(result["main"])[1:]:  # the label-trained generator, marked apart
         for arm in ("c_variations", "d_both"):
             rows = result["main"][gen]
@@ -346,6 +348,8 @@ def table_and_plot(result: dict, out: str) -> None:
             "|---|---|---|---|---|---|",
         ]
         for name, arms in result[field].items():
+            if not {"c_variations", "d_both"} <= set(arms):
+                continue  # nothing cached yet (--from_cache)
             c, d = arms["c_variations"], arms["d_both"]
             paired = [
                 _paired(x, base[b]) if b in base else "—"
@@ -389,6 +393,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="the --label_workdir rows from cached cells only (that generator need not exist; "
         "each row reports the subsets it has)",
+    )
+    p.add_argument(
+        "--from_cache",
+        action="store_true",
+        help="every row from cached cells only: nothing is sampled or trained (a report of a "
+        "run still under way; each row names the subsets it has)",
     )
     p.add_argument(
         "--ablation_subsets", type=int, default=0, help="subsets of the ablations (0: --subsets)"
@@ -438,7 +448,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for g, (gen_name, workdir) in enumerate(generators.items()):
         arms = ARMS if g == 0 else ("c_variations", "d_both")
         subsets = args.subsets if g == 0 else label_subsets
-        cached_only = g > 0 and args.label_from_cache
+        cached_only = args.from_cache or (g > 0 and args.label_from_cache)
         rows = {}
         for k in ks:
             cells = [
@@ -488,12 +498,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.no_ablations:
         for name in chosen:
             result["ablations"][name] = ablation(
-                args.workdir, "g0-", ABLATIONS[name], ablation_subsets
+                args.workdir, "g0-", ABLATIONS[name], ablation_subsets, args.from_cache
             )
     if args.label_workdir and label_chosen:
         result["label_ablations"] = {
             name: ablation(
-                args.label_workdir, "g1-", ABLATIONS[name], min(label_subsets, ablation_subsets)
+                args.label_workdir,
+                "g1-",
+                ABLATIONS[name],
+                min(label_subsets, ablation_subsets),
+                args.from_cache or args.label_from_cache,
             )
             for name in label_chosen
         }

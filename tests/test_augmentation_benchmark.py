@@ -112,6 +112,11 @@ def test_label_row_from_cache_needs_no_generator(tool_workdir, tmp_path):
     assert row["d_both"]["subsets"] == [0] and row["d_both"]["n"] == 1
     assert not (out / "augmentation").exists()  # nothing was sampled
     assert result["label_subsets"] == 2
+    # --from_cache: every row from the cache, here all five arms of subset 0 at k = 1.
+    cached = benchmark.main(argv + ["--from_cache", "--subsets=1"])
+    main_row = next(iter(cached["main"].values()))["1"]
+    assert set(main_row) == set(benchmark.ARMS) and main_row["a_real"]["subsets"] == [0]
+    assert not (out / "augmentation").exists()
 
 
 def test_consistency_counts_kept_variations_of_the_source_digit_and_keeps_old_entries(tmp_path):
