@@ -259,9 +259,8 @@ def _row(cells: list[dict[str, float]], arms, first: int = 0) -> dict[str, Any]:
 def _paired(plus: dict, base: dict) -> str:
     """'+0.0123 ± 0.0045 (2/3)': mean ± std of plus − base over the subsets both have (by
     subset index), and the subsets where plus was higher (both are _stats dicts)."""
-    by_subset = dict(zip(base.get("subsets", range(base["n"])), base["values"], strict=True))
-    own = plus.get("subsets", range(plus["n"]))
-    d = np.asarray([v - by_subset[i] for i, v in zip(own, plus["values"], strict=True)])
+    by_subset = dict(zip(base["subsets"], base["values"], strict=True))
+    d = np.asarray([v - by_subset[i] for i, v in zip(plus["subsets"], plus["values"], strict=True)])
     sd = float(d.std(ddof=1)) if len(d) > 1 else 0.0
     return f"{d.mean():+.4f} ± {sd:.4f} ({int((d > 0).sum())}/{len(d)})"
 
