@@ -145,7 +145,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.diffusion.beta_start = 1e-4  # ddpm_linear: first beta
     c.diffusion.beta_end = 0.02  # ddpm_linear: last beta
     c.diffusion.prediction = "v"  # v | eps | x: what the network outputs
-    c.diffusion.loss = "eps"  # eps | v | x | snr_trunc: space of the MSE
+    c.diffusion.loss = "eps"  # eps | v | x | snr_trunc | min_snr: space/weight of the MSE
+    c.diffusion.min_snr_gamma = 5.0  # loss=min_snr: x-space weight min(SNR, gamma) (Hang+ 2023)
     c.diffusion.p_uncond = 0.1  # per-example probability of the learned null condition
 
     # --- sampler ------------------------------------------------------------------------

@@ -53,6 +53,7 @@ def validate_config(config) -> None:
         "encoder.num_steps": config.encoder.num_steps,
         "encoder.batch_size": config.encoder.batch_size,
         "encoder.learning_rate": config.encoder.learning_rate,
+        "diffusion.min_snr_gamma": config.diffusion.min_snr_gamma,
     }
     for name, value in positive.items():
         # `not value > 0` also rejects NaN, known before the first step.

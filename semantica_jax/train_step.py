@@ -41,6 +41,7 @@ class StepConfig:
 
     prediction: str
     loss: str
+    min_snr_gamma: float
     p_uncond: float
     ema_decay: float
     sim_loss_weight: float
@@ -51,6 +52,7 @@ class StepConfig:
         return cls(
             prediction=config.diffusion.prediction,
             loss=config.diffusion.loss,
+            min_snr_gamma=float(config.diffusion.min_snr_gamma),
             p_uncond=float(config.diffusion.p_uncond),
             ema_decay=float(config.train.ema_decay),
             sim_loss_weight=float(config.train.sim_loss_weight),
@@ -153,7 +155,9 @@ def train_step(
         output = model_apply(
             params, z_t, logsnr, batch["cond_tokens"], batch["cond_cls"], drop_cond, rngs["dropout"]
         )
-        per_example = losses.diffusion_loss(output, x, eps, logsnr, hp.prediction, hp.loss)
+        per_example = losses.diffusion_loss(
+            output, x, eps, logsnr, hp.prediction, hp.loss, hp.min_snr_gamma
+        )
         total = jnp.mean(per_example)
         aux = {"diffusion_loss": total, "per_example": per_example}
         if use_sim:

@@ -187,6 +187,7 @@ ADDED_FIELDS = {
     "encoder.input_size": 224,
     "encoder.max_train_images": 0,
     "data.stream_above_mb": 1024.0,
+    "diffusion.min_snr_gamma": 5.0,
     **{f"encoder.{field}": old for field, (_, old) in encoder_objectives.VIEW_FIELDS.items()},
 }
 DROPPED_FIELDS = {"data.shuffle_buffer": 0}

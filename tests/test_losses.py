@@ -60,7 +60,7 @@ def test_conversions_invert_each_other_for_any_output():
 
 
 @pytest.mark.parametrize("prediction", ["v", "eps", "x"])
-@pytest.mark.parametrize("loss", ["eps", "v", "x", "snr_trunc"])
+@pytest.mark.parametrize("loss", list(losses.LOSSES))
 def test_perfect_prediction_has_zero_loss(prediction, loss):
     x, eps, _ = _batch()
     target = {"v": losses.v_target(x, eps, LOGSNR), "eps": eps, "x": x}[prediction]
@@ -83,7 +83,7 @@ def test_eps_space_loss_of_v_prediction_equals_weighted_forms():
     np.testing.assert_allclose(got[1:], snr[1:] * mse(x, x_pred)[1:], rtol=1e-3)
 
 
-@pytest.mark.parametrize("loss", ["eps", "v", "x", "snr_trunc"])
+@pytest.mark.parametrize("loss", list(losses.LOSSES))
 def test_loss_space_is_independent_of_the_parametrisation(loss):
     # One network belief, expressed as v, eps or x, must give one loss value.
     x, eps, v_hat = _batch(1)
@@ -106,10 +106,30 @@ def test_loss_weights_relative_to_x_space():
         "eps": snr * x_mse,
         "v": (1 + snr) * x_mse,
         "snr_trunc": np.maximum(snr, 1) * x_mse,
+        "min_snr": np.minimum(snr, 5.0) * x_mse,
     }
     for loss, value in want.items():
         got = losses.diffusion_loss(x_hat, x, eps, LOGSNR, "x", loss)
         np.testing.assert_allclose(got, value, rtol=1e-5, err_msg=loss)
+
+
+def test_min_snr_is_the_eps_loss_capped_at_gamma():
+    # Hang et al. 2023: eps-loss weight min(SNR, gamma) / SNR, i.e. the eps loss where
+    # SNR <= gamma and gamma / SNR of it above (low noise).
+    x, eps, v_hat = _batch(3)
+    logsnr = jnp.array([-4.0, 0.0, np.log(2.0), np.log(8.0), 6.0, 12.0])
+    eps_loss = np.asarray(losses.diffusion_loss(v_hat, x, eps, logsnr, "v", "eps"), np.float64)
+    snr = np.exp(np.asarray(logsnr, np.float64))
+    for gamma in (1.0, 5.0):
+        got = losses.diffusion_loss(v_hat, x, eps, logsnr, "v", "min_snr", min_snr_gamma=gamma)
+        want = eps_loss * np.minimum(1.0, gamma / snr)
+        np.testing.assert_allclose(got, want, rtol=1e-4, err_msg=str(gamma))
+    # gamma = 5 (the default): untouched up to SNR 2, 5/8 of it at SNR 8.
+    got = np.asarray(losses.diffusion_loss(v_hat, x, eps, logsnr, "v", "min_snr"))
+    np.testing.assert_allclose(got[:3], eps_loss[:3], rtol=1e-5)
+    np.testing.assert_allclose(got[3], eps_loss[3] * 5 / 8, rtol=1e-5)
+    with pytest.raises(ValueError, match="min_snr_gamma must be positive"):
+        losses.diffusion_loss(v_hat, x, eps, logsnr, "v", "min_snr", min_snr_gamma=0.0)
 
 
 def test_extreme_logsnr_stays_finite():

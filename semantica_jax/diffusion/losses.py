@@ -1,12 +1,17 @@
 """Forward process, the x / eps / v parametrisations and the diffusion loss.
 
 METHODS §1.5 (v = alpha eps - sigma x and its inverses) and §1.6 (the loss; Semantica's
-"v-prediction with loss in epsilon space" is `prediction='v', loss='eps'`).
+"v-prediction with loss in epsilon space" is `prediction='v', loss='eps'`). `loss='min_snr'`
+is Min-SNR-gamma weighting (Hang et al., "Efficient Diffusion Training via Min-SNR Weighting
+Strategy", ICCV 2023, arXiv 2303.09556): x-space weight min(SNR, gamma), i.e. the eps loss
+with the low-noise steps (SNR > gamma) down-weighted by gamma / SNR. Not Semantica's.
 
 Shapes: images [B, H, W, C]; logsnr [B] (one noise level per example).
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +19,7 @@ import jax.numpy as jnp
 from semantica_jax.diffusion.schedules import alpha_sigma
 
 PREDICTIONS = ("v", "eps", "x")
-LOSSES = ("eps", "v", "x", "snr_trunc")
+LOSSES = ("eps", "v", "x", "snr_trunc", "min_snr")
 
 
 def _check(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -84,12 +89,12 @@ def predictions(
     return x_pred, eps_pred, v_pred
 
 
-def _log_x_weight(space: str, logsnr: jax.Array) -> jax.Array:
+def _log_x_weight(space: str, logsnr: jax.Array, min_snr_gamma: float = 5.0) -> jax.Array:
     """log w with ||error in `space`||^2 = w * ||error in x||^2 at fixed z_t.
 
     From x = alpha z - sigma v and eps = sigma z + alpha v: dx = -sigma dv,
     d eps = alpha dv, so w_eps = SNR, w_v = 1 + SNR, w_x = 1 (METHODS §1.6);
-    snr_trunc is max(SNR, 1) (Google's 'snr_trunc').
+    snr_trunc is max(SNR, 1) (Google's 'snr_trunc'); min_snr is min(SNR, gamma).
     """
     if space == "eps":
         return logsnr
@@ -97,6 +102,8 @@ def _log_x_weight(space: str, logsnr: jax.Array) -> jax.Array:
         return jax.nn.softplus(logsnr)
     if space == "x":
         return jnp.zeros_like(logsnr)
+    if space == "min_snr":
+        return jnp.minimum(logsnr, math.log(min_snr_gamma))
     return jnp.maximum(logsnr, 0.0)  # snr_trunc
 
 
@@ -107,6 +114,7 @@ def diffusion_loss(
     logsnr: jax.Array,
     prediction: str,
     loss: str,
+    min_snr_gamma: float = 5.0,
 ) -> jax.Array:
     """Per-example MSE of the prediction, measured in the `loss` space (METHODS §1.6).
 
@@ -122,7 +130,8 @@ def diffusion_loss(
       eps: the noise that made z_t = alpha x + sigma eps, [B, H, W, C].
       logsnr: [B].
       prediction: 'v' | 'eps' | 'x'.
-      loss: 'eps' | 'v' | 'x' | 'snr_trunc'.
+      loss: 'eps' | 'v' | 'x' | 'snr_trunc' | 'min_snr'.
+      min_snr_gamma: gamma of `loss='min_snr'` (> 0; Hang et al. use 5).
 
     Returns:
       [B]: mean over pixels and channels of each example's weighted squared error.
@@ -142,5 +151,7 @@ def diffusion_loss(
     axes = tuple(range(1, x.ndim))
     mse = jnp.mean(jnp.square(output - target), axis=axes)
     logsnr = jnp.asarray(logsnr, mse.dtype)
-    log_weight = _log_x_weight(loss, logsnr) - _log_x_weight(prediction, logsnr)
+    if not min_snr_gamma > 0:
+        raise ValueError(f"min_snr_gamma must be positive, got {min_snr_gamma}")
+    log_weight = _log_x_weight(loss, logsnr, min_snr_gamma) - _log_x_weight(prediction, logsnr)
     return jnp.exp(log_weight) * mse
