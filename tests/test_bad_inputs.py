@@ -98,6 +98,11 @@ CASES = {
         [TINY, "--workdir={out}", "--config.diffusion.schedule=nope"],
         "schedule",
     ),
+    "main: Min-SNR gamma 0": (
+        "main",
+        [TINY, "--workdir={out}", "--config.diffusion.min_snr_gamma=0"],
+        "config.diffusion.min_snr_gamma=0.0 must be positive",
+    ),
     "main: unknown prediction": (
         "main",
         [TINY, "--workdir={out}", "--config.diffusion.prediction=nope"],
