@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from semantica_jax import assets, evaluate  # noqa: E402
 from semantica_jax import workdir as run_dir  # noqa: E402
-from semantica_jax.metrics import features, fewshot  # noqa: E402
+from semantica_jax.metrics import features, fewshot, variation  # noqa: E402
 from semantica_jax.utils import atomic_files, image_io, parallel  # noqa: E402
 
 
@@ -54,11 +54,8 @@ def probe(workdir: str, num_images: int, step: int | None) -> dict:
         config.seed,
         int(config.eval.pr_k),
     )
-    m.update(
-        workdir=workdir,
-        step=int(step),
-        class_consistency=features.accuracy(feat_bundle, samples, labels),
-    )
+    m.update(workdir=workdir, step=int(step))
+    m.update(variation.class_consistency(features.classify(feat_bundle, samples), labels))
     return m
 
 

@@ -145,8 +145,13 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
         "feature_net_test_accuracy": feat_bundle.test_accuracy,
         "real_floor": floor,
     }
-    full, _, _, _ = protocol(
+    full, full_pos, full_samples, _ = protocol(
         gen, real_feats, subset, labels, n, w, rng, feature_fn, config.seed, config.eval.pr_k
+    )
+    # Each test image conditions one sample: N / C conditioning images per class, so the
+    # per-class consistency here does not hang on one image per class as the one-shot's.
+    full.update(
+        variation.class_consistency(features.classify(feat_bundle, full_samples), labels[full_pos])
     )
     results["full_set"] = full
     for k in config.eval.kshot:
@@ -173,8 +178,10 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
             cond_feats, feats.reshape(len(cond_pos), per, -1)
         )
         m["diversity"] = variation.diversity(feats.reshape(len(cond_pos), per, -1))
-        m["class_consistency"] = features.accuracy(
-            feat_bundle, samples, np.repeat(labels[cond_pos], per)
+        m.update(
+            variation.class_consistency(
+                features.classify(feat_bundle, samples), np.repeat(labels[cond_pos], per)
+            )
         )
         results[f"{k}_shot"] = m
     n_sweep = int(config.eval.sweep_num_images)
@@ -253,7 +260,10 @@ def _write_outputs(config, workdir: str, step: int, results: dict[str, Any]) -> 
     scalars = {f"eval/real_floor/{k}": v for k, v in results["real_floor"].items()}
     for name in ["full_set"] + [f"{k}_shot" for k in config.eval.kshot]:
         for k, v in results[name].items():
-            scalars[f"eval/{name}/{k}"] = v
+            if isinstance(v, dict):  # class_consistency_per_class: one scalar per class
+                scalars.update({f"eval/{name}/{k}/{c}": x for c, x in v.items()})
+            elif not isinstance(v, str):  # class_consistency_min_class is in the JSON only
+                scalars[f"eval/{name}/{k}"] = v
     writer.write_scalars(step, scalars)
     writer.close()
 

@@ -29,8 +29,29 @@ def test_eval_writes_metrics_with_their_n(evaluated):
         assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
     assert metrics["real_floor"]["n"] == 40
     assert -1 <= one["alignment_encoder"] <= 1 and one["diversity"] >= 0
+    # Class consistency per class: the 40 full-set conditioning images are 4 per class,
+    # the one-shot's 10 are one per class; the overall share is the mean of the classes'.
+    for m in (full, one):
+        per = m["class_consistency_per_class"]
+        assert sorted(per) == [str(c) for c in range(10)]
+        assert all(0 <= v <= 1 for v in per.values())
+        assert m["class_consistency"] == pytest.approx(np.mean(list(per.values())))
+        assert (
+            m["class_consistency_min"] == per[m["class_consistency_min_class"]] == min(per.values())
+        )
     # An untrained decoder (6 steps) is far from the data: worse than the real-data floor.
     assert full["fid"] > metrics["real_floor"]["fid"]
+
+
+def test_eval_scalars_include_each_class(evaluated):
+    from test_train import event_tags
+
+    tags = event_tags(os.path.join(evaluated, "eval", "tb"))
+    for name in ("full_set", "10_shot"):
+        assert tags[f"eval/{name}/fid"] == [6]
+        assert tags[f"eval/{name}/class_consistency_min"] == [6]
+        for c in range(10):
+            assert tags[f"eval/{name}/class_consistency_per_class/{c}"] == [6]
 
 
 def test_guidance_sweep_table_and_plot(evaluated):

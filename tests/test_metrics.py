@@ -289,6 +289,17 @@ def test_alignment_and_diversity_hand_values():
         variation.alignment(cond.T, samples)
 
 
+def test_class_consistency_overall_per_class_and_worst():
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
+    predicted = np.array([0, 0, 0, 1, 1, 1, 2, 0, 0, 0])
+    got = variation.class_consistency(predicted, labels)
+    assert got["class_consistency"] == pytest.approx(6 / 10)
+    assert got["class_consistency_per_class"] == {"0": 0.75, "1": 1.0, "2": 0.25}
+    assert got["class_consistency_min"] == 0.25 and got["class_consistency_min_class"] == "2"
+    with pytest.raises(ValueError, match="one predicted class per variation"):
+        variation.class_consistency(predicted[:3], labels)
+
+
 def test_real_floor():
     rng = np.random.default_rng(9)
     feats = rng.normal(size=(1000, 4))

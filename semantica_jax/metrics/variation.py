@@ -5,6 +5,9 @@
   space). A copier scores 1.
 - diversity: how different the variations of one conditioning image are from each other
   (mean pairwise feature distance, averaged over conditioning images). A copier scores 0.
+- class_consistency: the share of variations a classifier assigns to their conditioning
+  image's class, overall and per class (the worst class bounds what a few-shot user of
+  the variations can trust).
 - real_floor: FID/precision/recall between two disjoint real sets of the same size N, the
   best a generator can hope for at that N (FID is biased upward at small N); report it next
   to every FID.
@@ -46,6 +49,36 @@ def alignment(cond_emb: np.ndarray, sample_emb: np.ndarray, eps: float = 1e-12) 
         )
     cond_unit, sample_unit = l2_normalize(cond_emb, eps), l2_normalize(sample_emb, eps)
     return float(np.mean(np.einsum("ke,kse->ks", cond_unit, sample_unit)))
+
+
+def class_consistency(predicted: np.ndarray, labels: np.ndarray) -> dict:
+    """Share of variations whose predicted class is their conditioning image's class.
+
+    Args:
+      predicted: [N] int class predicted for each variation (e.g. `features.classify`).
+      labels: [N] int class of each variation's conditioning image.
+
+    Returns:
+      {"class_consistency": mean over all N, "class_consistency_per_class": {str(class):
+      mean over the variations of that class}, "class_consistency_min": the lowest of
+      those, "class_consistency_min_class": its class (str)}.
+    """
+    predicted = np.asarray(predicted).reshape(-1)
+    labels = np.asarray(labels).reshape(-1)
+    if predicted.shape != labels.shape or not len(labels):
+        raise ValueError(
+            f"predicted {predicted.shape} and labels {labels.shape} must be the same "
+            "non-empty length: one predicted class per variation"
+        )
+    hit = predicted == labels
+    per = {str(c): float(np.mean(hit[labels == c])) for c in np.unique(labels)}
+    worst = min(per, key=per.get)
+    return {
+        "class_consistency": float(np.mean(hit)),
+        "class_consistency_per_class": per,
+        "class_consistency_min": per[worst],
+        "class_consistency_min_class": worst,
+    }
 
 
 def mean_pairwise_distance(feats: np.ndarray) -> float:
