@@ -289,4 +289,4 @@ def _apply_variant(c: ml_collections.ConfigDict, variant: str) -> None:
         c.train.num_steps = 11000
         c.train.checkpoint_every = 1000
         c.train.eval_every = 2750
-        c.sampler.guidance = 0.2  # the one w with FID <= 2x the floor and >= 96.5% per digit
+        c.sampler.guidance = 0.2  # of w = 0, 0.2, 0.5: FID <= 2x the floor, >= 96.5% per digit

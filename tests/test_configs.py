@@ -42,6 +42,16 @@ def _flat(d, prefix=""):
         ("similarity_loss", {"train.sim_loss_weight": 1.0}),
         ("ddpm500", {"diffusion.schedule": "ddpm_linear", "diffusion.prediction": "eps"}),
         ("no_filter", {"episodes.filter": False}),
+        (
+            "quality",
+            {
+                "diffusion.loss": "min_snr",
+                "train.num_steps": 11000,
+                "train.checkpoint_every": 1000,
+                "train.eval_every": 2750,
+                "sampler.guidance": 0.2,
+            },
+        ),
     ],
 )
 def test_variant_changes_only_what_differs(variant, expected):
