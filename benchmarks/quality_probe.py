@@ -4,9 +4,10 @@ For each workdir, its latest (or `--step`) checkpoint's EMA model runs `main --m
 full-set protocol (`evaluate.protocol`, K = N) on N balanced test images with the run's
 own sampler and guidance: one variation of each image, MNIST FID / precision / recall
 against those N images, plus the share of samples the feature classifier puts in the
-conditioning image's class. It is the eval's guidance-sweep point at a small N (~30 s at
-N = 300 on 2 CPU cores), used to choose the default config; at N = 300 the real-data FID
-floor is ~24 and class consistency has a standard error of ~0.03.
+conditioning image's class (overall, per class and the worst class). It is the eval's
+guidance-sweep point at a small N (~30 s at N = 300 on 2 CPU cores), used to choose the
+default config; at N = 300 the real-data FID floor is ~24 and class consistency has a
+standard error of ~0.03.
 
 Run:  python benchmarks/quality_probe.py WORKDIR [WORKDIR ...] [--num_images=300]
           [--step=1000] [--out=benchmarks/results/quality_probe.json]
