@@ -42,10 +42,14 @@ def _flat(d, prefix=""):
         ("similarity_loss", {"train.sim_loss_weight": 1.0}),
         ("ddpm500", {"diffusion.schedule": "ddpm_linear", "diffusion.prediction": "eps"}),
         ("no_filter", {"episodes.filter": False}),
+        # The label-free generators keep the eps loss they were measured with.
+        (
+            "unsupervised",
+            {"encoder.objective": "simclr", "episodes.kind": "kmeans", "diffusion.loss": "eps"},
+        ),
         (
             "quality",
             {
-                "diffusion.loss": "min_snr",
                 "train.num_steps": 11000,
                 "train.checkpoint_every": 1000,
                 "train.eval_every": 2750,

@@ -118,6 +118,30 @@ def test_committed_measurements_keep_their_names():
     assert paper_claims.run_key(config) == "default-s0-n1500-31287f02"
 
 
+def test_default_workdir_stands_in_only_with_the_claims_recipe(tmp_path, capsys):
+    """The demo's run (Min-SNR since the default changed) is not the claims' default arm
+    (eps): it is left unused with a note, and an eps default run is used."""
+    from configs import mnist
+    from semantica_jax import workdir as run_dir
+
+    assert paper_claims.CLAIMS_RECIPE == (("diffusion.loss", "eps"),)
+    assert mnist.get_config("default").diffusion.loss == "min_snr"
+    for loss, steps in (("min_snr", None), ("eps", 5)):
+        path = tmp_path / loss
+        path.mkdir()
+        config = mnist.get_config("default")
+        config.diffusion.loss = loss
+        run_dir.write_config(config, str(path))
+        (path / "summary.json").write_text(json.dumps({"final_step": 5}))
+        args = paper_claims.parse_args([f"--default_workdir={path}", "--claim=guidance"])
+        assert args.default_steps == steps
+        note = capsys.readouterr().err
+        assert ("diffusion.loss='min_snr'" in note) == (loss == "min_snr")
+        assert paper_claims.recipe_differences(str(path)) == (
+            ["diffusion.loss='min_snr'"] if loss == "min_snr" else []
+        )
+
+
 def test_pair_statistics_outlive_the_run_and_show_in_plot_and_table(tmp_path):
     workdir, copy = tmp_path / "run", tmp_path / "claims" / "pairs" / "key.json"
     workdir.mkdir()
