@@ -197,6 +197,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.eval.kshot = (10,)  # K values for K-shot metrics (10 = one per class)
     c.eval.classes = ()  # labels the evaluation conditions on; () = all
     c.eval.pr_k = 3  # k of the precision/recall manifold estimator
+    c.eval.encoder_knn_k = 5  # k of the encoder's k-NN class of each conditioning image
     c.eval.feature_net_steps = 2000  # training steps of the MNIST feature classifier
 
     _apply_variant(c, variant)

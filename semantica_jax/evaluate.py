@@ -25,6 +25,7 @@ from clu import metric_writers
 from semantica_jax import assets, decoder
 from semantica_jax import workdir as run_dir
 from semantica_jax.encoder.encode import encode
+from semantica_jax.encoder.evaluate import knn_predict
 from semantica_jax.metrics import features, fewshot, variation
 from semantica_jax.utils import atomic_files, image_io, parallel, progress
 
@@ -150,8 +151,15 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
     )
     # Each test image conditions one sample: N / C conditioning images per class, so the
     # per-class consistency here does not hang on one image per class as the one-shot's.
+    full_classes = features.classify(feat_bundle, full_samples)
+    full.update(variation.class_consistency(full_classes, labels[full_pos]))
+    # The class the encoder gives each conditioning image (k-NN on the train embeddings):
+    # which misses it explains, and whether the samples follow it there.
+    train = assets.embedded_split(config, bundle, config.data.train_split)
+    knn_k = int(config.eval.get("encoder_knn_k", 5))
+    encoder_class = knn_predict(train.cls, train.labels, test.cls[subset], k=knn_k)
     full.update(
-        variation.class_consistency(features.classify(feat_bundle, full_samples), labels[full_pos])
+        variation.encoder_attribution(full_classes, encoder_class[full_pos], labels[full_pos])
     )
     results["full_set"] = full
     for k in config.eval.kshot:
@@ -178,9 +186,11 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
             cond_feats, feats.reshape(len(cond_pos), per, -1)
         )
         m["diversity"] = variation.diversity(feats.reshape(len(cond_pos), per, -1))
+        classes = features.classify(feat_bundle, samples)
+        m.update(variation.class_consistency(classes, np.repeat(labels[cond_pos], per)))
         m.update(
-            variation.class_consistency(
-                features.classify(feat_bundle, samples), np.repeat(labels[cond_pos], per)
+            variation.encoder_attribution(
+                classes, np.repeat(encoder_class[cond_pos], per), np.repeat(labels[cond_pos], per)
             )
         )
         results[f"{k}_shot"] = m

@@ -39,6 +39,14 @@ def test_eval_writes_metrics_with_their_n(evaluated):
         assert (
             m["class_consistency_min"] == per[m["class_consistency_min_class"]] == min(per.values())
         )
+    # The encoder's k-NN class of the conditioning images, and the misses it explains.
+    for m in (full, one):
+        per = m["encoder_knn_accuracy_per_class"]
+        assert sorted(per) == [str(c) for c in range(10)]
+        assert m["encoder_knn_accuracy"] == pytest.approx(np.mean(list(per.values())))
+        assert m["encoder_wrong_share"] == pytest.approx(1 - m["encoder_knn_accuracy"])
+        for key in ("class_consistency_encoder_right", "follows_encoder_where_wrong"):
+            assert np.isnan(m[key]) or 0 <= m[key] <= 1
     # An untrained decoder (6 steps) is far from the data: worse than the real-data floor.
     assert full["fid"] > metrics["real_floor"]["fid"]
 
@@ -50,6 +58,7 @@ def test_eval_scalars_include_each_class(evaluated):
     for name in ("full_set", "10_shot"):
         assert tags[f"eval/{name}/fid"] == [6]
         assert tags[f"eval/{name}/class_consistency_min"] == [6]
+        assert tags[f"eval/{name}/encoder_knn_accuracy"] == [6]
         for c in range(10):
             assert tags[f"eval/{name}/class_consistency_per_class/{c}"] == [6]
 

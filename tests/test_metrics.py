@@ -300,6 +300,28 @@ def test_class_consistency_overall_per_class_and_worst():
         variation.class_consistency(predicted[:3], labels)
 
 
+def test_encoder_attribution_separates_the_encoders_misses():
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
+    encoder = np.array([0, 0, 1, 1, 1, 1, 2, 2, 2, 0])  # wrong on 2 zeros and 1 two
+    predicted = np.array([0, 1, 1, 0, 1, 1, 2, 2, 0, 0])
+    got = variation.encoder_attribution(predicted, encoder, labels)
+    assert got["encoder_knn_accuracy"] == pytest.approx(7 / 10)
+    assert got["encoder_knn_accuracy_per_class"] == {"0": 0.5, "1": 1.0, "2": 0.75}
+    # Where the encoder is right (zeros 0-1, the ones, twos 6-8): one zero, one two missed.
+    assert got["class_consistency_encoder_right"] == pytest.approx(5 / 7)
+    assert got["class_consistency_encoder_right_per_class"] == pytest.approx(
+        {"0": 0.5, "1": 1.0, "2": 2 / 3}
+    )
+    # Where it is wrong (2, 3, 9): the samples are of the encoder's class in 2 of 3.
+    assert got["encoder_wrong_share"] == pytest.approx(3 / 10)
+    assert got["follows_encoder_where_wrong"] == pytest.approx(2 / 3)
+    right = variation.encoder_attribution(predicted, labels, labels)
+    assert right["encoder_wrong_share"] == 0 and np.isnan(right["follows_encoder_where_wrong"])
+    assert right["class_consistency_encoder_right"] == pytest.approx(6 / 10)
+    with pytest.raises(ValueError, match="one per variation"):
+        variation.encoder_attribution(predicted, encoder[:3], labels)
+
+
 def test_real_floor():
     rng = np.random.default_rng(9)
     feats = rng.normal(size=(1000, 4))

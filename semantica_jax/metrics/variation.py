@@ -81,6 +81,56 @@ def class_consistency(predicted: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
+def encoder_attribution(
+    predicted: np.ndarray, encoder_predicted: np.ndarray, labels: np.ndarray
+) -> dict:
+    """Which class-consistency misses the encoder explains: where the frozen encoder puts a
+    conditioning image among another class, a decoder that follows its conditioning cannot
+    keep the class.
+
+    Args:
+      predicted: [N] int class predicted for each variation (e.g. `features.classify`).
+      encoder_predicted: [N] int class the encoder gives each variation's conditioning image
+        (k-NN on its embedding, `encoder.evaluate.knn_predict`).
+      labels: [N] int class of each variation's conditioning image.
+
+    Returns:
+      {"encoder_knn_accuracy": share of variations whose conditioning image the encoder
+      puts in its class, "encoder_knn_accuracy_per_class": {str(class): that share},
+      "class_consistency_encoder_right": class consistency over those variations (nan if
+      none), "class_consistency_encoder_right_per_class": {str(class): the same},
+      "encoder_wrong_share": share of the other variations, "follows_encoder_where_wrong":
+      share of those whose class is the encoder's (nan if none)}.
+    """
+    predicted, encoder_predicted, labels = (
+        np.asarray(a).reshape(-1) for a in (predicted, encoder_predicted, labels)
+    )
+    if not (predicted.shape == encoder_predicted.shape == labels.shape) or not len(labels):
+        raise ValueError(
+            f"predicted {predicted.shape}, encoder_predicted {encoder_predicted.shape} and "
+            f"labels {labels.shape} must be the same non-empty length: one per variation"
+        )
+    right = encoder_predicted == labels
+    enc = class_consistency(encoder_predicted, labels)
+    out = {
+        "encoder_knn_accuracy": enc["class_consistency"],
+        "encoder_knn_accuracy_per_class": enc["class_consistency_per_class"],
+        "class_consistency_encoder_right": float("nan"),
+        "class_consistency_encoder_right_per_class": {},
+        "encoder_wrong_share": float(np.mean(~right)),
+        "follows_encoder_where_wrong": float("nan"),
+    }
+    if right.any():
+        kept = class_consistency(predicted[right], labels[right])
+        out["class_consistency_encoder_right"] = kept["class_consistency"]
+        out["class_consistency_encoder_right_per_class"] = kept["class_consistency_per_class"]
+    if (~right).any():
+        out["follows_encoder_where_wrong"] = float(
+            np.mean(predicted[~right] == encoder_predicted[~right])
+        )
+    return out
+
+
 def mean_pairwise_distance(feats: np.ndarray) -> float:
     """Mean Euclidean distance over all unordered pairs of rows of feats [S,F], S >= 2.
 
