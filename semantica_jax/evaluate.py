@@ -7,6 +7,10 @@ scalars. Every figure carries its N. Metrics (METHODS §5):
     of each of K conditioning images;
   * alignment (cosine conditioning vs samples, in encoder and in feature-net space),
     diversity (mean pairwise feature distance among samples of one conditioning image);
+  * class consistency (overall, per class, worst class) by the feature net, and which of
+    its misses the encoder explains: each conditioning image's k-NN class among the train
+    embeddings (config.eval.encoder_knn_k), consistency where that class is right, and how
+    often the samples follow it where it is wrong;
   * the real-data floor: the same FID/P/R between two disjoint real sets of size N.
 """
 
