@@ -40,7 +40,8 @@ bench: venv
 	$(PY) benchmarks/peers.py --out=benchmarks/results --measure_peak
 
 # The papers' claims re-measured at their published budgets (resumable: finished arms and
-# the committed measurements are reused; the demo run stands in for the default at 3,500).
+# the committed measurements are reused; a demo run trained with the claims' eps loss,
+# paper_claims.CLAIMS_RECIPE, stands in for the default at 3,500; today's demo is Min-SNR).
 claims: venv
 	$(PY) benchmarks/paper_claims.py --claim=all --out=benchmarks/results/claims \
 	    $(if $(wildcard $(WORKDIR)/summary.json),--default_workdir=$(WORKDIR))
