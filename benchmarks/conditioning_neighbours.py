@@ -27,9 +27,9 @@ def neighbour_label_counts(
 ) -> np.ndarray:
     """int [M, classes]: per query [M, D], the labels of its k nearest gallery rows [N, D]
     (cosine), counted per class."""
-    from semantica_jax.utils.cosine import cosine_matrix
+    from semantica_jax.encoder.evaluate import nearest
 
-    top = np.argsort(-cosine_matrix(queries, gallery), axis=1, kind="stable")[:, :k]
+    top, _ = nearest(gallery, queries, k)
     return np.stack([np.bincount(gallery_labels[t], minlength=classes) for t in top])
 
 

@@ -160,8 +160,9 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
     # The class the encoder gives each conditioning image (k-NN on the train embeddings):
     # which misses it explains, and whether the samples follow it there.
     train = assets.embedded_split(config, bundle, config.data.train_split)
-    knn_k = int(config.eval.get("encoder_knn_k", 5))
-    encoder_class = knn_predict(train.cls, train.labels, test.cls[subset], k=knn_k)
+    encoder_class = knn_predict(
+        train.cls, train.labels, test.cls[subset], k=int(config.eval.encoder_knn_k)
+    )
     full.update(
         variation.encoder_attribution(full_classes, encoder_class[full_pos], labels[full_pos])
     )

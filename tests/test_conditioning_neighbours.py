@@ -27,7 +27,8 @@ def test_neighbours_of_a_tiny_run(tool_workdir, tmp_path, capsys):
     )
     assert json.load(open(tmp_path / "conditioning_neighbours.json")) == result
     rows = result["rows"]
-    assert len(rows) == 2  # the tiny config's two sample-grid rows
+    # The tiny config's two sample-grid rows: distinct classes first.
+    assert len(rows) == 2 and rows[0]["label"] != rows[1]["label"]
     for row in rows:
         assert sum(row["neighbour_labels"]) == 7
         assert row["own_class_share"] == row["neighbour_labels"][row["label"]] / 7

@@ -47,6 +47,14 @@ def test_eval_writes_metrics_with_their_n(evaluated):
         assert m["encoder_wrong_share"] == pytest.approx(1 - m["encoder_knn_accuracy"])
         for key in ("class_consistency_encoder_right", "follows_encoder_where_wrong"):
             assert np.isnan(m[key]) or 0 <= m[key] <= 1
+    # Per class, the encoder judges 4 full-set images (shares in quarters) and 1 one-shot
+    # image (0 or 1); where it is right on that one, the one-shot class keeps all of its
+    # samples in the "encoder right" share, and where it is wrong, none.
+    assert all(4 * v == int(4 * v) for v in full["encoder_knn_accuracy_per_class"].values())
+    right = one["class_consistency_encoder_right_per_class"]
+    for c, v in one["encoder_knn_accuracy_per_class"].items():
+        assert v in (0.0, 1.0)
+        assert right.get(c) == (one["class_consistency_per_class"][c] if v else None)
     # An untrained decoder (6 steps) is far from the data: worse than the real-data floor.
     assert full["fid"] > metrics["real_floor"]["fid"]
 

@@ -1,6 +1,7 @@
 """Evaluation of the frozen encoder.
 
-* `knn_accuracy`: k-NN (cosine on CLS, majority vote) accuracy of queries against a gallery.
+* `nearest`, `knn_predict`, `knn_accuracy`: k nearest gallery rows (cosine on CLS), their
+  majority class, and its accuracy on labelled queries.
 * `cosine_distributions`: same-class vs different-class CLS cosine statistics (+ ROC AUC).
 * `evaluate_encoder`: both, for a bundle on a gallery and a query set.
 The job that trains and evaluates an encoder into a workdir is `train_encoder.py`.
@@ -21,12 +22,45 @@ from semantica_jax.utils.cosine import l2_normalize
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
 
+# Similarities held at once by `nearest` (block x gallery size): ~64 MB of float32 (twice,
+# with their negation) and ~128 MB of partition indices, whatever the gallery's size.
+_BLOCK_ELEMENTS = 1 << 24
+
+
+def nearest(
+    gallery: np.ndarray, queries: np.ndarray, k: int, block: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k most cosine-similar gallery rows of each query, in no particular order.
+
+    Args:
+      gallery: [N, D] embeddings; queries: [M, D] embeddings.
+      k: neighbours, 1 <= k <= N.
+      block: queries per similarity block (memory: block x N); None bounds it to about
+        16M similarities.
+
+    Returns:
+      (int [M, k] gallery indices, float [M, k] their cosines).
+    """
+    if k < 1 or k > len(gallery):
+        raise ValueError(f"k={k} must be in [1, gallery size {len(gallery)}]")
+    gallery, queries = l2_normalize(gallery), l2_normalize(queries)
+    block = block or max(1, _BLOCK_ELEMENTS // len(gallery))
+    index = np.empty((len(queries), k), np.int64)
+    cosine = np.empty((len(queries), k), np.float32)
+    for start in range(0, len(queries), block):
+        sims = queries[start : start + block] @ gallery.T
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        index[start : start + block] = top
+        cosine[start : start + block] = np.take_along_axis(sims, top, axis=1)
+    return index, cosine
+
+
 def knn_predict(
     gallery: np.ndarray,
     gallery_labels: np.ndarray,
     queries: np.ndarray,
     k: int = 5,
-    block: int = 1024,
+    block: int | None = None,
 ) -> np.ndarray:
     """k-NN class prediction by cosine similarity, majority vote, ties by summed cosine.
 
@@ -34,26 +68,18 @@ def knn_predict(
       gallery: [N, D] embeddings; gallery_labels: int [N].
       queries: [M, D] embeddings.
       k: neighbours.
-      block: queries per similarity block (memory: block x N floats).
+      block: queries per similarity block (`nearest`).
 
     Returns:
       int [M] predicted labels.
     """
-    if k < 1 or k > len(gallery):
-        raise ValueError(f"k={k} must be in [1, gallery size {len(gallery)}]")
-    gallery, queries = l2_normalize(gallery), l2_normalize(queries)
+    top, top_sims = nearest(gallery, queries, k, block)
     classes, gallery_idx = np.unique(gallery_labels, return_inverse=True)
-    preds = np.empty(len(queries), np.int64)
-    for start in range(0, len(queries), block):
-        sims = queries[start : start + block] @ gallery.T
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        top_sims = np.take_along_axis(sims, top, axis=1)
-        votes = np.zeros((len(sims), len(classes)), np.float64)
-        rows = np.repeat(np.arange(len(sims)), k)
-        # One vote per neighbour; the 1e-3 * cosine term only breaks ties.
-        np.add.at(votes, (rows, gallery_idx[top].ravel()), 1.0 + 1e-3 * top_sims.ravel())
-        preds[start : start + block] = classes[np.argmax(votes, axis=1)]
-    return preds
+    votes = np.zeros((len(queries), len(classes)), np.float64)
+    rows = np.repeat(np.arange(len(queries)), k)
+    # One vote per neighbour; the 1e-3 * cosine term only breaks ties.
+    np.add.at(votes, (rows, gallery_idx[top].ravel()), 1.0 + 1e-3 * top_sims.ravel())
+    return classes[np.argmax(votes, axis=1)]
 
 
 def knn_accuracy(
