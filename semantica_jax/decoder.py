@@ -113,7 +113,9 @@ def make_variation_fn(config, model: uvit.UViT | None = None, **sampler_override
     Returns:
       `fn(params, cond_tokens [B,T,D], cond_cls [B,D], rng, guidance, t_start=1.0,
       x_start=None, token_logw=None, negative=None) -> images [B,H,W,C]` in [-1,1].
-      Both guidance branches run in one doubled batch; `guidance` and `t_start` are
+      Both guidance branches run in one doubled batch; a concrete guidance of 0
+      (`samplers.is_unguided`) runs the conditional branch alone, at half the cost, and
+      ignores `negative` (which only enters through w). `guidance` and `t_start` are
       traced. `t_start < 1` with `x_start` [B,H,W,C] in [-1,1] starts part-way from the
       noised x_start (SDEdit). `token_logw` [B,T] and `negative` {'tokens','cls'} are the
       controls of conditioning.py (traced values: a new alpha never recompiles).
@@ -134,6 +136,7 @@ def make_variation_fn(config, model: uvit.UViT | None = None, **sampler_override
         token_logw=None,
         negative=None,
     ):
+        guided = not samplers.is_unguided(guidance)
         sampler = samplers.make_sampler(
             apply_fn,
             (cond_tokens.shape[0], *shape_hw),
@@ -143,7 +146,7 @@ def make_variation_fn(config, model: uvit.UViT | None = None, **sampler_override
             num_steps=settings.num_steps,
             gamma=settings.gamma,
             clip_x=settings.clip_x,
-            guided=True,
+            guided=guided,
         )
         cond = {
             "tokens": jnp.asarray(cond_tokens, jnp.float32),
@@ -151,7 +154,7 @@ def make_variation_fn(config, model: uvit.UViT | None = None, **sampler_override
         }
         if token_logw is not None:
             cond["token_logw"] = jnp.asarray(token_logw, jnp.float32)
-        if negative is not None:
+        if negative is not None and guided:
             cond["negative"] = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), negative)
         return sampler(params, cond, rng, guidance, t_start, x_start)
 

@@ -46,12 +46,17 @@ class Generator:
         )
 
     def __call__(self, cond_indices: np.ndarray, guidance: float, rng: jax.Array) -> np.ndarray:
-        """Samples one variation per entry of `cond_indices` -> float32 [M,H,W,C] in [-1,1]."""
+        """Samples one variation per entry of `cond_indices` -> float32 [M,H,W,C] in [-1,1].
+
+        A guidance of 0 runs the conditional branch alone (`samplers.is_unguided`).
+        """
         cond_indices = np.asarray(cond_indices)
-        total, bs = len(cond_indices), self.batch_size
+        total = len(cond_indices)
+        bs = even_batch_size(total, self.batch_size, self.mesh.size)
         out, sharding = [], parallel.batch_sharding(self.mesh)
         report = progress.loop(
-            -(-total // bs), f"sampling w={guidance:g}: {total} images in batches of {bs}"
+            total,
+            f"sampling w={guidance:g}: {total} images in batches of {bs}; progress counts images",
         )
         for b, lo in enumerate(range(0, total, bs)):
             idx = cond_indices[lo : lo + bs]
@@ -61,8 +66,21 @@ class Generator:
             cls = jax.device_put(np.asarray(self.data.cls[idx_full], np.float32), sharding)
             x = self.fn(self.params, tokens, cls, jax.random.fold_in(rng, b), jnp.float32(guidance))
             out.append(np.asarray(jax.device_get(x))[: len(idx)])
-            report(b + 1)
+            report(lo + len(idx))
         return np.concatenate(out)
+
+
+def even_batch_size(total: int, max_batch: int, multiple: int = 1) -> int:
+    """The batch that covers `total` items in as few batches as `max_batch` allows, evenly.
+
+    300 images at a maximum of 200 go as 2 batches of 150 rather than 200 and a padded
+    200 (a quarter of the work wasted); the batch is rounded up to a multiple of
+    `multiple` (the devices it is split over), so the last batch may still be padded a
+    little. Each new batch shape compiles the sampler once (a few seconds).
+    """
+    num_batches = -(-total // max_batch)
+    per_batch = -(-total // num_batches)
+    return -(-per_batch // multiple) * multiple
 
 
 def balanced_subset(labels: np.ndarray, n: int, seed: int, field: str, classes=()) -> np.ndarray:
@@ -150,7 +168,7 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
         "feature_net_test_accuracy": feat_bundle.test_accuracy,
         "real_floor": floor,
     }
-    full, full_pos, full_samples, _ = protocol(
+    full, full_pos, full_samples, full_feats = protocol(
         gen, real_feats, subset, labels, n, w, rng, feature_fn, config.seed, config.eval.pr_k
     )
     # Each test image conditions one sample: N / C conditioning images per class, so the
@@ -167,6 +185,7 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
         variation.encoder_attribution(full_classes, encoder_class[full_pos], labels[full_pos])
     )
     results["full_set"] = full
+    num_classes, one_shot = len(np.unique(labels)), None
     for k in config.eval.kshot:
         m, cond_pos, samples, feats = protocol(
             gen,
@@ -199,10 +218,30 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
             )
         )
         results[f"{k}_shot"] = m
+        if k == num_classes:
+            one_shot = (cond_pos, feats.reshape(len(cond_pos), per, -1))
     n_sweep = int(config.eval.sweep_num_images)
     sweep_pos = balanced_subset(labels, n_sweep, config.seed + 1, "eval.sweep_num_images")
+    # What the eval sampled at its own w is reused there: the full set conditions each
+    # subset image once, in order (full_pos is arange(n)), so its samples of the sweep's
+    # images are that point's full set; the sweep's one-shot conditions on the eval's
+    # one-shot images (when it ran one), so their first n_sweep / C samples are its own.
+    sampled, one_shot_cond = {(w, "full"): full_feats[sweep_pos]}, None
+    if one_shot is not None:
+        cond_pos, feats = one_shot
+        one_shot_cond = subset[cond_pos]
+        per_sweep = n_sweep // num_classes
+        sampled[(w, "one_shot")] = feats[:, :per_sweep].reshape(n_sweep, -1)
     results["guidance_sweep"] = guidance_sweep(
-        config, gen, real_feats[sweep_pos], subset[sweep_pos], labels[sweep_pos], feature_fn, rng
+        config,
+        gen,
+        real_feats[sweep_pos],
+        subset[sweep_pos],
+        labels[sweep_pos],
+        feature_fn,
+        rng,
+        one_shot_cond=one_shot_cond,
+        sampled=sampled,
     )
     results["real_floor_sweep"] = variation.real_floor(
         real_feats[sweep_pos], n_sweep, config.seed, other=floor_feats, pr_k=config.eval.pr_k
@@ -212,39 +251,38 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
     return results
 
 
-def guidance_sweep(config, gen, real_feats, subset, labels, feature_fn, rng) -> list[dict]:
-    """FID/P/R (full set) and one-shot recall for each w in config.eval.guidance_sweep."""
-    rows = []
+def guidance_sweep(
+    config, gen, real_feats, subset, labels, feature_fn, rng, one_shot_cond=None, sampled=None
+) -> list[dict]:
+    """FID/P/R of the full set and the one-shot for each w in config.eval.guidance_sweep.
+
+    Full set: one sample of each `subset` image (test indices, labels `labels`); one-shot:
+    len(subset) / C samples of each of the C images `one_shot_cond` (test indices, one
+    per class; default: `fewshot.select_conditioning` among the subset). Both against
+    `real_feats` [len(subset), F], the subset's features. `sampled` {(w, 'full' |
+    'one_shot'): features [len(subset), F]}: sets already sampled in that order (the
+    eval's own at its guidance), used instead of sampling them again.
+    """
     num_classes = len(np.unique(labels))
+    if one_shot_cond is None:
+        one_shot_cond = subset[fewshot.select_conditioning(labels, num_classes, config.seed)]
+    per = fewshot.samples_per_conditioning(len(subset), len(one_shot_cond))
+    conds = {"full": subset, "one_shot": np.repeat(one_shot_cond, per)}
+    sampled = sampled or {}
+    rows = []
     for i, w in enumerate(config.eval.guidance_sweep):
-        r = jax.random.fold_in(rng, 1000 + i)
-        full, *_ = protocol(
-            gen,
-            real_feats,
-            subset,
-            labels,
-            len(subset),
-            float(w),
-            r,
-            feature_fn,
-            config.seed,
-            config.eval.pr_k,
-        )
-        one, *_ = protocol(
-            gen,
-            real_feats,
-            subset,
-            labels,
-            num_classes,
-            float(w),
-            jax.random.fold_in(r, 1),
-            feature_fn,
-            config.seed,
-            config.eval.pr_k,
-        )
+        w, key = float(w), jax.random.fold_in(rng, 1000 + i)
+        m = {}
+        for j, (name, cond) in enumerate(conds.items()):
+            feats = sampled.get((w, name))
+            if feats is None:
+                samples = gen(cond, w, jax.random.fold_in(key, j))
+                feats = fewshot.compute_features(feature_fn, samples)
+            m[name] = fewshot.kshot_metrics(real_feats, feats, pr_k=config.eval.pr_k)
+        full, one = m["full"], m["one_shot"]
         rows.append(
             {
-                "guidance": float(w),
+                "guidance": w,
                 "fid": full["fid"],
                 "precision": full["precision"],
                 "recall": full["recall"],

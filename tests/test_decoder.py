@@ -60,3 +60,44 @@ def test_cached_sampler_matches_the_uncached_one(kind):
     # null_only (denoise's unconditional branch): every row is the null condition.
     null = decoder.DecoderApply(model).prepare(params, cond, guided=False, null_only=True)
     np.testing.assert_array_equal(np.asarray(jax.tree.leaves(null["kv"])[0]), k[3:])
+
+
+def test_variation_fn_runs_the_conditional_branch_alone_at_a_concrete_zero(monkeypatch):
+    """w = 0 (Python or a concrete array) takes the unguided path: same samples, half the batch."""
+    config = mnist.get_config("tiny")
+    model = decoder.build_model(config)
+    tokens_n = (config.data.image_size // config.encoder.patch_size) ** 2
+    inputs = uvit.example_inputs(model.config, 2, tokens_n, config.encoder.width)
+    params = model.init(jax.random.key(0), *inputs, train=False)["params"]
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(
+        lambda p: p + rng.standard_normal(p.shape).astype("f4") / np.sqrt(max(p.shape[0], 1)),
+        params,
+    )
+    tokens = rng.standard_normal((3, tokens_n, config.encoder.width)).astype("f4")
+    cls = rng.standard_normal((3, config.encoder.width)).astype("f4")
+    seen = []
+    make = samplers.make_sampler
+    monkeypatch.setattr(
+        samplers, "make_sampler", lambda *a, **kw: seen.append(kw["guided"]) or make(*a, **kw)
+    )
+    fn = decoder.make_variation_fn(config, model, num_steps=3)
+    key = jax.random.key(5)
+    plain = [np.asarray(fn(params, tokens, cls, key, w)) for w in (0.0, jnp.float32(0))]
+    negative = {"tokens": tokens[::-1], "cls": cls[::-1]}  # enters only through w
+    plain.append(np.asarray(fn(params, tokens, cls, key, 0, negative=negative)))
+    guided = np.asarray(fn(params, tokens, cls, key, jnp.float32(0.5)))
+    assert seen == [False, False, False, True]
+    # The doubled batch with a traced w = 0 gives the same samples as the unguided path.
+    doubled = samplers.make_sampler(
+        decoder.DecoderApply(model),
+        (3, config.data.image_size, config.data.image_size, config.data.channels),
+        decoder.training_logsnr_fn(config),
+        **dataclasses.asdict(decoder.SamplerSettings.from_config(config, num_steps=3)),
+        guided=True,
+    )
+    assert np.std(plain[0]) > 0.05 and not np.allclose(plain[0], guided)
+    for p in plain[1:]:
+        np.testing.assert_array_equal(p, plain[0])
+    zero = np.asarray(doubled(params, {"tokens": tokens, "cls": cls}, key, 0.0))
+    np.testing.assert_allclose(zero, plain[0], atol=2e-5)

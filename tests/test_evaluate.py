@@ -92,3 +92,69 @@ def test_balanced_subset_restricted_to_classes():
     assert np.bincount(labels[picked], minlength=10)[5:].tolist() == [10] * 5
     full = evaluate.balanced_subset(labels, 50, 0, "eval.num_images")
     assert len(set(labels[full])) == 10
+
+
+@pytest.mark.parametrize(
+    "total, max_batch, multiple, expected",
+    [
+        (2000, 200, 1, 200),
+        (300, 200, 1, 150),
+        (300, 200, 8, 152),
+        (7, 200, 1, 7),
+        (201, 200, 1, 101),
+    ],
+)
+def test_even_batch_size(total, max_batch, multiple, expected):
+    from semantica_jax import evaluate
+
+    bs = evaluate.even_batch_size(total, max_batch, multiple)
+    assert bs == expected and bs % multiple == 0
+    # As few batches as max_batch allows, and never more padding than one batch's rounding.
+    assert -(-total // bs) == -(-total // max_batch)
+    assert -(-total // bs) * bs - total < bs
+
+
+def test_guidance_sweep_reuses_what_was_sampled():
+    """A (w, protocol) whose features are given is not sampled again; its row is theirs."""
+    import jax
+    import ml_collections
+
+    from semantica_jax import evaluate
+    from semantica_jax.metrics import fewshot
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 3)
+    subset = np.arange(30) + 100
+    real_feats = rng.normal(size=(30, 4))
+    calls = []
+
+    def gen(cond_indices, guidance, key):  # one "image" per conditioning index
+        calls.append((cond_indices.tolist(), float(guidance)))
+        noise = np.random.default_rng(len(calls)).normal(size=(len(cond_indices), 1, 1, 4))
+        return (cond_indices[:, None, None, None] / 100.0 + guidance + noise).astype("f4")
+
+    config = ml_collections.ConfigDict(
+        {"seed": 0, "eval": {"guidance_sweep": (0.0, 0.5), "pr_k": 3}}
+    )
+    given = {(0.5, "full"): rng.normal(size=(30, 4)), (0.5, "one_shot"): rng.normal(size=(30, 4))}
+    args = (config, gen, real_feats, subset, labels, lambda x: x.reshape(len(x), -1))
+    rows = evaluate.guidance_sweep(
+        *args, jax.random.key(0), sampled={(0.5, "full"): given[0.5, "full"]}
+    )
+    # Default one-shot: one subset image per class, 3 samples each; w = 0.5's full set given.
+    own = subset[fewshot.select_conditioning(labels, 10, 0)]
+    assert calls == [
+        (subset.tolist(), 0.0),
+        (np.repeat(own, 3).tolist(), 0.0),
+        (np.repeat(own, 3).tolist(), 0.5),
+    ]
+    expected = fewshot.kshot_metrics(real_feats, given[0.5, "full"], pr_k=3)
+    assert rows[1]["guidance"] == 0.5 and rows[0]["fid"] != rows[1]["fid"]
+    assert {k: rows[1][k] for k in ("fid", "precision", "recall")} == expected
+    # Other one-shot images (the eval's, from outside the subset), and both sets given at 0.5.
+    calls.clear()
+    cond = np.arange(10) + 500
+    rows = evaluate.guidance_sweep(*args, jax.random.key(0), one_shot_cond=cond, sampled=given)
+    assert calls == [(subset.tolist(), 0.0), (np.repeat(cond, 3).tolist(), 0.0)]
+    expected = fewshot.kshot_metrics(real_feats, given[0.5, "one_shot"], pr_k=3)
+    assert {k: rows[1]["one_shot_" + k] for k in ("fid", "precision", "recall")} == expected

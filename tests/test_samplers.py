@@ -449,3 +449,12 @@ def test_bad_arguments_are_named():
         )
     with pytest.raises(ValueError, match="gamma must be in"):
         samplers.sample(model, None, jax.random.key(0), (2, 1, 1, 1), SCHED, gamma=2.0, **kw)
+
+
+def test_is_unguided_only_for_a_concrete_zero():
+    for w in (0, 0.0, -0.0, np.float32(0), jnp.float32(0), jnp.zeros(())):
+        assert samplers.is_unguided(w)
+    for w in (0.5, -1, jnp.float32(1e-8)):
+        assert not samplers.is_unguided(w)
+    # Traced, its value is unknown when the sampler is built: the doubled batch.
+    assert not jax.jit(lambda w: jnp.float32(samplers.is_unguided(w)))(0.0)

@@ -12,9 +12,10 @@ Compilation: the whole loop is one `jax.jit` (a `lax.fori_loop` that traces the 
 once). Static: the model function, shape, schedule, parametrisation, kind, steps, gamma,
 clipping, whether guidance is on, and the x_start mode. Dynamic: params, cond, rng,
 guidance w, t_start and x_start, so new EMA params, a new w or a new t_start reuse the
-compiled sampler. w = 0 (a concrete Python number) takes the unguided path, which runs
-only the conditional branch at half the cost; any other w runs the doubled batch, and a
-traced w = 0 there gives exactly the conditional result too (1 * c - 0 * u == c).
+compiled sampler. A concrete w = 0 (a Python number or a concrete array, `is_unguided`)
+takes the unguided path, which runs only the conditional branch at half the cost; any
+other w runs the doubled batch, and a traced w = 0 there gives the conditional result
+too (1 * c - 0 * u == c).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from semantica_jax.diffusion.losses import PREDICTIONS, diffuse, predictions
 from semantica_jax.diffusion.schedules import alpha_sigma, log_alpha2, log_sigma2
@@ -94,6 +96,18 @@ def ddim_step(x_pred: jax.Array, eps_pred: jax.Array, logsnr_s: jax.Array) -> ja
 
 
 # --- the jitted loop -----------------------------------------------------------------------
+
+
+def is_unguided(guidance: Any) -> bool:
+    """Whether a guidance w is a concrete 0, so that the conditional branch alone is exact.
+
+    A Python number or a concrete (host or device) scalar equal to 0 is; a traced w never
+    is (its value is unknown when the sampler is built), so it runs the doubled batch.
+    """
+    try:
+        return float(np.asarray(guidance)) == 0.0
+    except jax.errors.TracerArrayConversionError:
+        return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,7 +363,7 @@ def sample(
       kind: 'ddpm' (ancestral, variance interpolated by gamma) | 'ddim'.
       num_steps: reverse steps, uniform in t over [0, t_start].
       gamma: weight of the forward variance in the DDPM log-variance (METHODS §2.3).
-      guidance: classifier-free guidance w; a Python 0 runs only the conditional
+      guidance: classifier-free guidance w; a concrete 0 runs only the conditional
         branch, anything else the doubled batch (w traced: no recompile per value).
       clip_x: clip x_hat to [-1, 1] before each step.
       t_start: start time in (0, 1]; < 1 needs x_start (partial denoising).
@@ -360,7 +374,7 @@ def sample(
     Returns:
       x [B, H, W, C]: the final x_hat (clipped when clip_x).
     """
-    guided = not (isinstance(guidance, (int, float)) and guidance == 0)
+    guided = not is_unguided(guidance)
     sampler = make_sampler(
         _WithoutParams(model_fn),
         shape,
