@@ -3,13 +3,18 @@
   .venv/bin/python benchmarks/sampler_throughput.py --out=benchmarks/results
   .venv/bin/python benchmarks/sampler_throughput.py --variant=default --batch=64 --steps=32 \
       --kinds=ddpm,ddim --repeats=3
+  .venv/bin/python benchmarks/sampler_throughput.py --kinds=ddpm --arms=cached \
+      --batch=25,50,200 --images=200 --repeats=3 --name=sampler_batch.json   # eval.batch_size
 
 For each sampler kind it times the real jitted sampler (`samplers.make_sampler`, guidance
 on, one doubled batch) twice on random weights of the config's shapes: with the decoder's
 `prepare` (the conditioning embedding's CLS term, the projected encoder tokens, every
 cross-attention layer's keys and values and the null condition's computed once per call)
-and without it (every step recomputes them, as before). The arms alternate within each
-repeat so that both see the same machine state; the figure is the median over repeats
+and without it (every step recomputes them, as before); `--batch` may list several batch
+sizes, each an arm of its own. The arms alternate within each repeat so that all see the
+same machine state (separate runs of this VM differed by up to 15%); an arm's call
+samples at least `--images` images (several calls for a small batch), and the figure is
+the median over repeats
 with the min-max range. `cores_busy` is process CPU time / wall time during the timed
 calls (2.0 = both cores of this machine busy). Results: OUT/sampler_throughput.json.
 """
@@ -47,12 +52,14 @@ class UncachedApply:
         )
 
 
-def _timed(fn, *args) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) of one blocking call."""
+def _timed(calls: int, fn, *args) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of `calls` calls, the last one blocking."""
     import jax
 
     c0, t0 = time.process_time(), time.perf_counter()
-    jax.block_until_ready(fn(*args))
+    for _ in range(calls):
+        out = fn(*args)
+    jax.block_until_ready(out)
     return time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -79,9 +86,13 @@ def measure(args) -> dict:
     )
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     rng = np.random.default_rng(0)
-    cond = {
-        "tokens": rng.normal(size=(args.batch, num_tokens, width)).astype("f4"),
-        "cls": rng.normal(size=(args.batch, width)).astype("f4"),
+    batches = [int(b) for b in str(args.batch).split(",")]
+    conds = {
+        b: {
+            "tokens": rng.normal(size=(b, num_tokens, width)).astype("f4"),
+            "cls": rng.normal(size=(b, width)).astype("f4"),
+        }
+        for b in batches
     }
     logsnr_fn = decoder.training_logsnr_fn(config)
     rows = []
@@ -89,9 +100,9 @@ def measure(args) -> dict:
         arms = {"cached": decoder.DecoderApply(model), "uncached": UncachedApply(model)}
         arms = {name: arms[name] for name in args.arms.split(",")}
         fns = {
-            name: samplers.make_sampler(
+            (name, b): samplers.make_sampler(
                 apply_fn,
-                (args.batch, hw, hw, c),
+                (b, hw, hw, c),
                 logsnr_fn,
                 prediction=config.diffusion.prediction,
                 kind=kind,
@@ -100,25 +111,32 @@ def measure(args) -> dict:
                 guided=args.guidance != 0,
             )
             for name, apply_fn in arms.items()
+            for b in batches
         }
         key = jax.random.PRNGKey(1)
-        results = {name: [] for name in fns}
+        results = {arm: [] for arm in fns}
         w = args.guidance
-        outs = {name: np.asarray(fn(params, cond, key, w)) for name, fn in fns.items()}  # compile
-        diff = float(np.max(np.abs(outs["cached"] - outs["uncached"]))) if len(outs) > 1 else None
+        outs = {arm: np.asarray(fn(params, conds[arm[1]], key, w)) for arm, fn in fns.items()}
+        diffs = {  # compiled above; cached vs uncached on the same inputs
+            b: float(np.max(np.abs(outs["cached", b] - outs["uncached", b])))
+            for b in batches
+            if ("uncached", b) in outs and ("cached", b) in outs
+        }
         for _ in range(args.repeats):
-            for name, fn in fns.items():
-                results[name].append(_timed(fn, params, cond, key, w))
-        for name, times in results.items():
-            rates = [args.batch / wall for wall, _ in times]
+            for (name, b), fn in fns.items():
+                calls = -(-args.images // b)
+                results[name, b].append(_timed(calls, fn, params, conds[b], key, w))
+        for (name, b), times in results.items():
+            rates = [-(-args.images // b) * b / wall for wall, _ in times]
             rows.append(
                 {
                     "kind": kind,
                     "arm": name,
+                    "batch": b,
                     "images_per_s": round(statistics.median(rates), 2),
                     "images_per_s_range": [round(min(rates), 2), round(max(rates), 2)],
                     "cores_busy": round(statistics.median(cpu / wall for wall, cpu in times), 2),
-                    "max_abs_diff_cached_vs_uncached": diff,
+                    "max_abs_diff_cached_vs_uncached": diffs.get(b),
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
@@ -128,7 +146,8 @@ def measure(args) -> dict:
         "device_kind": jax.devices()[0].device_kind,
         "dtype": args.dtype,
         "num_params": num_params,
-        "batch": args.batch,
+        "batch": batches[0] if len(batches) == 1 else batches,
+        "images_per_call": args.images,
         "steps": args.steps,
         "guidance": args.guidance,
         "overrides": args.set,
@@ -145,7 +164,12 @@ def main() -> None:
         default="default",
         help="configs/mnist.py variant, or a config file such as configs/imagenet256.py",
     )
-    parser.add_argument("--batch", type=int, default=64, help="samples per sampler call")
+    parser.add_argument(
+        "--batch", default="64", help="samples per sampler call; several: 25,50,200"
+    )
+    parser.add_argument(
+        "--images", type=int, default=1, help="images per timed arm (several calls if > batch)"
+    )
     parser.add_argument("--steps", type=int, default=32, help="reverse steps")
     parser.add_argument("--kinds", default="ddpm,ddim", help="sampler kinds, comma-separated")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per arm")

@@ -57,3 +57,35 @@ def test_step_imports_neither_tensorflow_nor_clu():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "ok"
+
+
+def test_sampler_benchmark_interleaves_batch_sizes():
+    """Several batch sizes are arms of one run; cached and uncached agree at each."""
+    import argparse
+
+    import sampler_throughput
+
+    args = argparse.Namespace(
+        variant="tiny",
+        set=[],
+        dtype="float32",
+        batch="2,4",
+        images=4,
+        steps=2,
+        kinds="ddpm",
+        arms="cached,uncached",
+        repeats=2,
+        guidance=0.5,
+    )
+    report = sampler_throughput.measure(args)
+    assert report["batch"] == [2, 4] and report["images_per_call"] == 4
+    rows = report["rows"]
+    assert [(r["arm"], r["batch"]) for r in rows] == [
+        ("cached", 2),
+        ("cached", 4),
+        ("uncached", 2),
+        ("uncached", 4),
+    ]
+    for r in rows:
+        assert 0 < r["images_per_s_range"][0] <= r["images_per_s"] <= r["images_per_s_range"][1]
+        assert r["max_abs_diff_cached_vs_uncached"] < 1e-4
