@@ -20,6 +20,7 @@ from absl import logging
 
 from semantica_jax import errors
 from semantica_jax.tools import cli
+from semantica_jax.utils import xla_cpu
 
 MODES = ("train", "eval", "encoder")
 
@@ -57,12 +58,15 @@ def closing_summary(summary: dict, workdir: str) -> str:
 
 def run(argv: list[str] | None = None) -> None:
     f = cli.start(_define_flags, ["config", "workdir"], argv, doc=__doc__, role="job")
+    from semantica_jax.utils import parallel
+
+    # One CPU device per core in a single-process eval: the sampler's batch split over them.
+    if f["mode"] == "eval" and parallel.launched_processes() == 1:
+        xla_cpu.apply_sampling_devices(os.environ, int(f["config"].eval.batch_size))
     # TensorFlow only feeds data and writes summaries: keep it off any accelerator.
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")
-    from semantica_jax.utils import parallel
-
     parallel.initialize_distributed()
     config, workdir = f["config"], os.path.abspath(f["workdir"])
     with errors.reported():

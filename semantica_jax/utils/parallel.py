@@ -21,6 +21,20 @@ from jax.sharding import PartitionSpec as P
 DATA_AXES = ("data", "fsdp")
 
 
+def launched_processes(environ=os.environ) -> int:
+    """How many processes the environment's launcher started (what initialize_distributed reads).
+
+    SEMANTICA_NUM_PROCESSES (launch/local_multihost.sh) or SLURM_NTASKS; Cloud TPU pod
+    slices (TPU_WORKER_HOSTNAMES) count one per worker host. 1 when none says more.
+    """
+    hosts = environ.get("TPU_WORKER_HOSTNAMES", "")
+    return max(
+        int(environ.get("SEMANTICA_NUM_PROCESSES", "1")),
+        int(environ.get("SLURM_NTASKS", "1")),
+        len(hosts.split(",")) if hosts else 1,
+    )
+
+
 def initialize_distributed() -> None:
     """Initialises multi-process JAX when the environment says there are several processes.
 
