@@ -5,6 +5,9 @@
       --kinds=ddpm,ddim --repeats=3
   .venv/bin/python benchmarks/sampler_throughput.py --kinds=ddpm --arms=cached \
       --batch=25,50,200 --images=200 --repeats=3 --name=sampler_batch.json   # eval.batch_size
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 .venv/bin/python \
+      benchmarks/sampler_throughput.py --kinds=ddpm --arms=cached --batch=50 --images=200 \
+      --name=sampler_2dev.json    # the batch sharded over 2 CPU devices, as main --mode=eval
 
 For each sampler kind it times the real jitted sampler (`samplers.make_sampler`, guidance
 on, one doubled batch) twice on random weights of the config's shapes: with the decoder's
@@ -70,6 +73,7 @@ def measure(args) -> dict:
     from semantica_jax import decoder
     from semantica_jax.diffusion import samplers
     from semantica_jax.models import uvit
+    from semantica_jax.utils import parallel
 
     config = apply_overrides(config_for(args.variant), args.set)
     config.model.dtype = args.dtype
@@ -87,11 +91,20 @@ def measure(args) -> dict:
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     rng = np.random.default_rng(0)
     batches = [int(b) for b in str(args.batch).split(",")]
+    # Several devices (XLA_FLAGS forcing host devices): the batch sharded over them, the
+    # params replicated, as the eval's Generator does.
+    mesh = parallel.make_mesh(1)
+    for b in batches:
+        parallel.check_batch_size(b, mesh, "batch (--batch)")
+    params = jax.device_put(params, parallel.replicated(mesh))
     conds = {
-        b: {
-            "tokens": rng.normal(size=(b, num_tokens, width)).astype("f4"),
-            "cls": rng.normal(size=(b, width)).astype("f4"),
-        }
+        b: jax.device_put(
+            {
+                "tokens": rng.normal(size=(b, num_tokens, width)).astype("f4"),
+                "cls": rng.normal(size=(b, width)).astype("f4"),
+            },
+            parallel.batch_sharding(mesh),
+        )
         for b in batches
     }
     logsnr_fn = decoder.training_logsnr_fn(config)
@@ -143,6 +156,7 @@ def measure(args) -> dict:
     return {
         "variant": args.variant,
         "platform": jax.devices()[0].platform,
+        "devices": jax.device_count(),
         "device_kind": jax.devices()[0].device_kind,
         "dtype": args.dtype,
         "num_params": num_params,
