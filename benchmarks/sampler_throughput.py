@@ -91,6 +91,7 @@ def measure(args) -> dict:
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     rng = np.random.default_rng(0)
     batches = [int(b) for b in str(args.batch).split(",")]
+    calls = {b: -(-args.images // b) for b in batches}  # per timed arm: >= --images images
     # Several devices (XLA_FLAGS forcing host devices): the batch sharded over them, the
     # params replicated, as the eval's Generator does.
     mesh = parallel.make_mesh(1)
@@ -137,10 +138,9 @@ def measure(args) -> dict:
         }
         for _ in range(args.repeats):
             for (name, b), fn in fns.items():
-                calls = -(-args.images // b)
-                results[name, b].append(_timed(calls, fn, params, conds[b], key, w))
+                results[name, b].append(_timed(calls[b], fn, params, conds[b], key, w))
         for (name, b), times in results.items():
-            rates = [-(-args.images // b) * b / wall for wall, _ in times]
+            rates = [calls[b] * b / wall for wall, _ in times]
             rows.append(
                 {
                     "kind": kind,

@@ -25,19 +25,25 @@ class _Uncached:
         )
 
 
-@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
-def test_cached_sampler_matches_the_uncached_one(kind):
+def _tiny_decoder(seed: int):
+    """(tiny config, its U-ViT, params with random O(1/sqrt(fan-in)) weights added, tokens
+    per conditioning image, a numpy Generator): the zero-initialised layers pass signal."""
     config = mnist.get_config("tiny")
     model = decoder.build_model(config)
     tokens_n = (config.data.image_size // config.encoder.patch_size) ** 2
     inputs = uvit.example_inputs(model.config, 2, tokens_n, config.encoder.width)
     params = model.init(jax.random.key(0, impl="unsafe_rbg"), *inputs, train=False)["params"]
-    rng = np.random.default_rng(0)
-    # Random O(1/sqrt(fan-in)) weights everywhere, so the zero-initialised layers pass signal.
+    rng = np.random.default_rng(seed)
     params = jax.tree.map(
         lambda p: p + rng.standard_normal(p.shape).astype("f4") / np.sqrt(max(p.shape[0], 1)),
         params,
     )
+    return config, model, params, tokens_n, rng
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+def test_cached_sampler_matches_the_uncached_one(kind):
+    config, model, params, tokens_n, rng = _tiny_decoder(0)
     cond = {
         "tokens": rng.standard_normal((3, tokens_n, config.encoder.width)).astype("f4"),
         "cls": rng.standard_normal((3, config.encoder.width)).astype("f4"),
@@ -64,16 +70,7 @@ def test_cached_sampler_matches_the_uncached_one(kind):
 
 def test_variation_fn_runs_the_conditional_branch_alone_at_a_concrete_zero(monkeypatch):
     """w = 0 (Python or a concrete array) takes the unguided path: same samples, half the batch."""
-    config = mnist.get_config("tiny")
-    model = decoder.build_model(config)
-    tokens_n = (config.data.image_size // config.encoder.patch_size) ** 2
-    inputs = uvit.example_inputs(model.config, 2, tokens_n, config.encoder.width)
-    params = model.init(jax.random.key(0), *inputs, train=False)["params"]
-    rng = np.random.default_rng(1)
-    params = jax.tree.map(
-        lambda p: p + rng.standard_normal(p.shape).astype("f4") / np.sqrt(max(p.shape[0], 1)),
-        params,
-    )
+    config, model, params, tokens_n, rng = _tiny_decoder(1)
     tokens = rng.standard_normal((3, tokens_n, config.encoder.width)).astype("f4")
     cls = rng.standard_normal((3, config.encoder.width)).astype("f4")
     seen = []

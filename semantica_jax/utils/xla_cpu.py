@@ -42,7 +42,7 @@ def with_defaults(xla_flags: str) -> str:
     if forced_devices(xla_flags) > 1:
         return xla_flags
     for name, value in DEFAULTS.items():
-        if not any(p.lstrip("-").split("=", 1)[0] == name for p in parts):
+        if flag_value(xla_flags, name) is None:
             parts.append(f"--{name}={value}")
     return " ".join(parts)
 
@@ -56,13 +56,18 @@ def apply_defaults(environ: MutableMapping[str, str]) -> str:
 DEVICE_COUNT = "xla_force_host_platform_device_count"
 
 
+def flag_value(xla_flags: str, name: str) -> str | None:
+    """The value XLA_FLAGS gives flag `name` (without dashes); None when it is not named."""
+    for part in xla_flags.split():
+        key, _, value = part.lstrip("-").partition("=")
+        if key == name:
+            return value
+    return None
+
+
 def forced_devices(xla_flags: str) -> int:
     """The host device count XLA_FLAGS forces (1 when it names none)."""
-    for part in xla_flags.split():
-        name, _, value = part.lstrip("-").partition("=")
-        if name == DEVICE_COUNT:
-            return int(value)
-    return 1
+    return int(flag_value(xla_flags, DEVICE_COUNT) or 1)
 
 
 def sampling_device_count(batch_size: int, cores: int) -> int:
@@ -80,7 +85,7 @@ def apply_sampling_devices(
     defaults to the cores this process may run on. Returns the new XLA_FLAGS.
     """
     flags = environ.get("XLA_FLAGS", "")
-    if any(p.lstrip("-").split("=", 1)[0] == DEVICE_COUNT for p in flags.split()):
+    if flag_value(flags, DEVICE_COUNT) is not None:
         return flags
     cores = len(os.sched_getaffinity(0)) if cores is None else cores
     count = sampling_device_count(int(batch_size), cores)
