@@ -21,7 +21,7 @@ jax 0.10.2), so it is off wherever the CPU is split.
 one XLA device per core (`--xla_force_host_platform_device_count`), so that the
 sampler's batch, sharded over the mesh, runs as independent parts instead of every op
 split across the cores, and turns the default YNN fusion off with it: guided DDPM at
-batch 50 on 2 cores of the Xeon, 13.7-14.5 images/s against 9.0-10.2 on one device with
+batch 50 on 2 cores of the Xeon, 13.5 images/s against 8.5 on one device with
 the fusion (README "Sampler"). Training keeps one device and the fusion.
 """
 
