@@ -32,6 +32,7 @@ bench: venv
 	$(PY) benchmarks/train_throughput.py --out=benchmarks/results
 	$(PY) benchmarks/sampler_throughput.py --out=benchmarks/results
 	$(PY) benchmarks/profile_step.py --out=benchmarks/results
+	$(PY) benchmarks/profile_step.py --what=sampler --steps=3 --out=benchmarks/results
 	$(PY) benchmarks/step_levers.py --out=benchmarks/results
 	$(PY) benchmarks/pipeline_throughput.py --out=benchmarks/results
 	# 200,000 images 64x64x3 streamed to disk: peak RSS per phase (about 8 min)

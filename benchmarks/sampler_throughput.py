@@ -66,30 +66,58 @@ def _timed(calls: int, fn, *args) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def random_decoder(config):
+    """(model, params, (num_tokens, width)) of a config's decoder on random weights.
+
+    Small noise on every weight, so the zero-initialised output layers pass signal and
+    outputs compared below are real (not zero images).
+    """
+    import jax
+    import numpy as np
+
+    from semantica_jax import decoder
+    from semantica_jax.models import uvit
+
+    model = decoder.build_model(config)
+    num_tokens, width = cond_token_shape(config)
+    inputs = uvit.example_inputs(model.config, 2, num_tokens, width)
+    params = model.init(jax.random.PRNGKey(0), *inputs, train=False)["params"]
+    noise = np.random.default_rng(1)
+    params = jax.tree.map(
+        lambda p: p + 0.02 * noise.standard_normal(p.shape).astype(p.dtype), params
+    )
+    return model, params, (num_tokens, width)
+
+
+def random_cond(batch: int, token_shape: tuple[int, int], mesh, seed: int = 0) -> dict:
+    """Random encoder tokens [B, T, D] and CLS [B, D], the batch sharded over `mesh`."""
+    import jax
+    import numpy as np
+
+    from semantica_jax.utils import parallel
+
+    rng = np.random.default_rng(seed)
+    num_tokens, width = token_shape
+    cond = {
+        "tokens": rng.normal(size=(batch, num_tokens, width)).astype("f4"),
+        "cls": rng.normal(size=(batch, width)).astype("f4"),
+    }
+    return jax.device_put(cond, parallel.batch_sharding(mesh))
+
+
 def measure(args) -> dict:
     import jax
     import numpy as np
 
     from semantica_jax import decoder
     from semantica_jax.diffusion import samplers
-    from semantica_jax.models import uvit
     from semantica_jax.utils import parallel
 
     config = apply_overrides(config_for(args.variant), args.set)
     config.model.dtype = args.dtype
-    model = decoder.build_model(config)
+    model, params, token_shape = random_decoder(config)
     hw, c = config.data.image_size, config.data.channels
-    num_tokens, width = cond_token_shape(config)
-    inputs = uvit.example_inputs(model.config, 2, num_tokens, width)
-    params = model.init(jax.random.PRNGKey(0), *inputs, train=False)["params"]
-    # Small noise on every weight, so the zero-initialised output layers pass signal and the
-    # cached-vs-uncached difference below compares real outputs (not two zero images).
-    noise = np.random.default_rng(1)
-    params = jax.tree.map(
-        lambda p: p + 0.02 * noise.standard_normal(p.shape).astype(p.dtype), params
-    )
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-    rng = np.random.default_rng(0)
     batches = [int(b) for b in str(args.batch).split(",")]
     calls = {b: -(-args.images // b) for b in batches}  # per timed arm: >= --images images
     # Several devices (XLA_FLAGS forcing host devices): the batch sharded over them, the
@@ -98,16 +126,7 @@ def measure(args) -> dict:
     for b in batches:
         parallel.check_batch_size(b, mesh, "batch (--batch)")
     params = jax.device_put(params, parallel.replicated(mesh))
-    conds = {
-        b: jax.device_put(
-            {
-                "tokens": rng.normal(size=(b, num_tokens, width)).astype("f4"),
-                "cls": rng.normal(size=(b, width)).astype("f4"),
-            },
-            parallel.batch_sharding(mesh),
-        )
-        for b in batches
-    }
+    conds = {b: random_cond(b, token_shape, mesh) for b in batches}
     logsnr_fn = decoder.training_logsnr_fn(config)
     rows = []
     for kind in args.kinds.split(","):

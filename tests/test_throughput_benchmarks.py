@@ -89,3 +89,18 @@ def test_sampler_benchmark_interleaves_batch_sizes():
     for r in rows:
         assert 0 < r["images_per_s_range"][0] <= r["images_per_s"] <= r["images_per_s_range"][1]
         assert r["max_abs_diff_cached_vs_uncached"] < 1e-4
+
+
+def test_profile_of_the_sampler_sums_op_time_by_kind():
+    """--what=sampler profiles one compiled guided sampler call of the config's eval batch."""
+    import argparse
+
+    import profile_step
+
+    args = argparse.Namespace(what="sampler", variant="tiny", set=[], steps=1, top=5, batch=0)
+    report = profile_step.child(args)
+    assert report["what"] == "sampler" and report["batch_size"] == 20  # tiny eval.batch_size
+    assert report["sampler"] == "ddpm, 4 steps, w = 0.5" and report["flops_per_reverse_step"] > 0
+    shares = [k["share"] for k in report["kinds"].values()]
+    assert abs(sum(shares) - 1) < 0.01 and report["op_ms_per_call_total"] > 0
+    assert "dot (dense, attention)" in report["kinds"] and len(report["top_ops"]) == 5
