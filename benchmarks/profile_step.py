@@ -2,9 +2,9 @@
 
   .venv/bin/python benchmarks/profile_step.py --out=benchmarks/results
   .venv/bin/python benchmarks/profile_step.py --xla_flags=--xla_cpu_experimental_ynn_fusion_type=dot
-  .venv/bin/python benchmarks/profile_step.py --what=sampler --steps=2 --out=benchmarks/results
+  .venv/bin/python benchmarks/profile_step.py --what=sampler --steps=3 --out=benchmarks/results
   XLA_FLAGS=--xla_force_host_platform_device_count=2 .venv/bin/python \
-      benchmarks/profile_step.py --what=sampler --steps=2 --name=profile_sampler_2dev.json
+      benchmarks/profile_step.py --what=sampler --steps=3 --name=profile_sampler_2dev.json
 
 Builds the real jitted train step of a config (as benchmarks/train_throughput.py does), or
 with `--what=sampler` the config's guided sampler at `eval.batch_size` on random weights
