@@ -39,3 +39,18 @@ def test_training_separates_two_classes(objective, small_vit, make_bundle, bars,
     if objective == "contrastive":
         assert acc1 >= 0.95, (acc0, acc1)
         assert gap1 > 0.4, gap1
+
+
+def test_progress_is_reported_where_the_host_waited_for_the_step(
+    monkeypatch, small_vit, bars, tiny_encoder_cfg
+):
+    """Steps are dispatched asynchronously: the rate is only true at the logged (synced)
+    steps, so the loop reports there and at the end, not after every dispatch."""
+    reported = []
+    monkeypatch.setattr(
+        encoder_train.progress, "loop", lambda *a, **k: reported.append, raising=True
+    )
+    train_x, train_y = bars(64, seed=0)
+    cfg = tiny_encoder_cfg(num_steps=10, log_every=4)
+    encoder_train.train_encoder(small_vit, cfg, train_x, train_y, seed=0, log=lambda _: None)
+    assert reported == [4, 8, 10]

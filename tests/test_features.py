@@ -1,5 +1,7 @@
 """The MNIST-FID feature classifier: training, features, caching (synthetic data, tmp dirs)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,3 +80,12 @@ def test_settings_validation(two_class_images):
         features.train_feature_net(
             *two_class_images(8, 0), features.FeatureNetSettings(num_classes=1)
         )
+
+
+def test_progress_is_reported_at_the_logged_steps(monkeypatch, two_class_images):
+    """As the encoder's loop: only where the host waited for the step (and at the end)."""
+    reported = []
+    monkeypatch.setattr(features.progress, "loop", lambda *a, **k: reported.append)
+    images, labels = two_class_images(64, seed=0)
+    features.train_feature_net(images, labels, dataclasses.replace(TINY, num_steps=10, log_every=4))
+    assert reported == [4, 8, 10]

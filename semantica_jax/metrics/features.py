@@ -238,7 +238,7 @@ def train_feature_net(
                 loss,
                 float(metrics["accuracy"]),
             )
-        report(done)
+            report(done)  # after the host waited for the step (async dispatch runs ahead)
     return jax.device_get(state.params)
 
 
