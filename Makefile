@@ -34,6 +34,8 @@ bench: venv
 	$(PY) benchmarks/profile_step.py --out=benchmarks/results
 	$(PY) benchmarks/profile_step.py --what=sampler --steps=3 --out=benchmarks/results
 	$(PY) benchmarks/step_levers.py --out=benchmarks/results
+	# the YNN fusion on several host devices (off there until this check passes)
+	$(PY) benchmarks/ynn_devices_check.py --out=benchmarks/results
 	$(PY) benchmarks/pipeline_throughput.py --out=benchmarks/results
 	# 200,000 images 64x64x3 streamed to disk: peak RSS per phase (about 8 min)
 	$(PY) benchmarks/pipeline_throughput.py --case=large --out=benchmarks/results

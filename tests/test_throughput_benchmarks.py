@@ -104,3 +104,19 @@ def test_profile_of_the_sampler_sums_op_time_by_kind():
     shares = [k["share"] for k in report["kinds"].values()]
     assert abs(sum(shares) - 1) < 0.01 and report["op_ms_per_call_total"] > 0
     assert "dot (dense, attention)" in report["kinds"] and len(report["top_ops"]) == 5
+
+
+def test_ynn_devices_check_compares_each_sample_with_the_one_device_run(tmp_path):
+    import numpy as np
+    import ynn_devices_check
+
+    ref = np.zeros((4, 2, 2, 1), np.float32)
+    off = ref.copy()
+    off[2, 0, 0, 0] = 0.5  # one sample of four differs
+    outputs = {}
+    for arm, case in (("one_device_ynn", ref), ("two_devices_ynn", off), ("two_devices", ref)):
+        np.savez(tmp_path / f"{arm}.npz", sampler=case)
+        outputs[arm] = np.load(tmp_path / f"{arm}.npz")
+    report = ynn_devices_check.compare(outputs)["sampler"]
+    assert report["two_devices_ynn"] == {"max_abs_diff": 0.5, "samples_over_0.1": [2]}
+    assert report["two_devices"] == {"max_abs_diff": 0.0, "samples_over_0.1": []}
