@@ -15,7 +15,9 @@ the CPU backend; on a GPU or TPU they are ignored.
 The YNN fusion is not added when XLA_FLAGS forces several host devices: with 2 devices
 and the batch sharded over them, the guided sampler returned other images for 3 of 50
 samples than on one device (identical without the flag, and identical unguided;
-jax 0.10.2), so it is off wherever the CPU is split.
+jax 0.10.2), so it is off wherever the CPU is split. `benchmarks/ynn_devices_check.py`
+reproduces it on random weights (samples 0-2 of 50, from 8 guided steps on; one guided
+forward pass agrees): rerun it before turning the fusion back on with a newer jax.
 
 `apply_sampling_devices(environ, batch_size)` (`main --mode=eval`) splits the CPU into
 one XLA device per core (`--xla_force_host_platform_device_count`), so that the
