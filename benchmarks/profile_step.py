@@ -98,10 +98,9 @@ def _sampler_call(args):
     """(compiled, call, mesh, facts) of the config's guided sampler (random weights, as
     benchmarks/sampler_throughput.py): one call samples a batch."""
     import jax
-    from sampler_throughput import random_cond, random_decoder
+    from sampler_throughput import config_sampler, random_cond, random_decoder
 
     from semantica_jax import decoder
-    from semantica_jax.diffusion import samplers
     from semantica_jax.utils import parallel
 
     config = apply_overrides(config_for(args.variant), args.set)
@@ -111,16 +110,13 @@ def _sampler_call(args):
     model, params, token_shape = random_decoder(config)
     params = jax.device_put(params, parallel.replicated(mesh))
     cond = random_cond(bsz, token_shape, mesh)
-    hw, c = config.data.image_size, config.data.channels
     guidance = float(config.sampler.guidance)
-    sampler = samplers.make_sampler(
+    sampler = config_sampler(
+        config,
         decoder.DecoderApply(model),
-        (bsz, hw, hw, c),
-        decoder.training_logsnr_fn(config),
-        prediction=config.diffusion.prediction,
+        bsz,
         kind=config.sampler.kind,
-        num_steps=int(config.sampler.num_steps),
-        gamma=float(config.sampler.gamma),
+        steps=config.sampler.num_steps,
         guided=guidance != 0,
     )
     key = jax.random.PRNGKey(1)

@@ -89,14 +89,14 @@ def random_decoder(config):
     return model, params, (num_tokens, width)
 
 
-def random_cond(batch: int, token_shape: tuple[int, int], mesh, seed: int = 0) -> dict:
+def random_cond(batch: int, token_shape: tuple[int, int], mesh) -> dict:
     """Random encoder tokens [B, T, D] and CLS [B, D], the batch sharded over `mesh`."""
     import jax
     import numpy as np
 
     from semantica_jax.utils import parallel
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)
     num_tokens, width = token_shape
     cond = {
         "tokens": rng.normal(size=(batch, num_tokens, width)).astype("f4"),
@@ -105,18 +105,35 @@ def random_cond(batch: int, token_shape: tuple[int, int], mesh, seed: int = 0) -
     return jax.device_put(cond, parallel.batch_sharding(mesh))
 
 
+def config_sampler(config, apply_fn, batch: int, *, kind: str, steps: int, guided: bool):
+    """`samplers.make_sampler` for `batch` images of the config's shape, schedule,
+    parametrisation and DDPM gamma: the sampler the eval builds, with `apply_fn`."""
+    from semantica_jax import decoder
+    from semantica_jax.diffusion import samplers
+
+    hw, c = config.data.image_size, config.data.channels
+    return samplers.make_sampler(
+        apply_fn,
+        (batch, hw, hw, c),
+        decoder.training_logsnr_fn(config),
+        prediction=config.diffusion.prediction,
+        kind=kind,
+        num_steps=int(steps),
+        gamma=float(config.sampler.gamma),
+        guided=guided,
+    )
+
+
 def measure(args) -> dict:
     import jax
     import numpy as np
 
     from semantica_jax import decoder
-    from semantica_jax.diffusion import samplers
     from semantica_jax.utils import parallel
 
     config = apply_overrides(config_for(args.variant), args.set)
     config.model.dtype = args.dtype
     model, params, token_shape = random_decoder(config)
-    hw, c = config.data.image_size, config.data.channels
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     batches = [int(b) for b in str(args.batch).split(",")]
     calls = {b: -(-args.images // b) for b in batches}  # per timed arm: >= --images images
@@ -127,21 +144,13 @@ def measure(args) -> dict:
         parallel.check_batch_size(b, mesh, "batch (--batch)")
     params = jax.device_put(params, parallel.replicated(mesh))
     conds = {b: random_cond(b, token_shape, mesh) for b in batches}
-    logsnr_fn = decoder.training_logsnr_fn(config)
     rows = []
     for kind in args.kinds.split(","):
         arms = {"cached": decoder.DecoderApply(model), "uncached": UncachedApply(model)}
         arms = {name: arms[name] for name in args.arms.split(",")}
         fns = {
-            (name, b): samplers.make_sampler(
-                apply_fn,
-                (b, hw, hw, c),
-                logsnr_fn,
-                prediction=config.diffusion.prediction,
-                kind=kind,
-                num_steps=args.steps,
-                gamma=config.sampler.gamma,
-                guided=args.guidance != 0,
+            (name, b): config_sampler(
+                config, apply_fn, b, kind=kind, steps=args.steps, guided=args.guidance != 0
             )
             for name, apply_fn in arms.items()
             for b in batches

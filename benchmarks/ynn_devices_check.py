@@ -38,11 +38,10 @@ def child(path: str, ddim_steps: list[int]) -> None:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from sampler_throughput import random_cond, random_decoder
+    from sampler_throughput import config_sampler, random_cond, random_decoder
     from train_throughput import config_for
 
     from semantica_jax import decoder
-    from semantica_jax.diffusion import samplers
     from semantica_jax.utils import parallel
 
     config = config_for("default")
@@ -52,20 +51,10 @@ def child(path: str, ddim_steps: list[int]) -> None:
     cond = random_cond(BATCH, token_shape, mesh)
     apply = decoder.DecoderApply(model)
     hw, c = config.data.image_size, config.data.channels
-    logsnr_fn = decoder.training_logsnr_fn(config)
     key = jax.random.PRNGKey(1)
 
     def sample(kind: str, steps: int, guided: bool) -> np.ndarray:
-        fn = samplers.make_sampler(
-            apply,
-            (BATCH, hw, hw, c),
-            logsnr_fn,
-            prediction=config.diffusion.prediction,
-            kind=kind,
-            num_steps=steps,
-            gamma=config.sampler.gamma,
-            guided=guided,
-        )
+        fn = config_sampler(config, apply, BATCH, kind=kind, steps=steps, guided=guided)
         return np.asarray(fn(params, cond, key, 0.5 if guided else 0.0))
 
     def guided_forward(p, z, cond):

@@ -38,7 +38,8 @@ DEFAULTS = {"xla_cpu_experimental_ynn_fusion_type": "dot"}
 def with_defaults(xla_flags: str) -> str:
     """XLA_FLAGS with every default the string does not already set appended.
 
-    None with several forced host devices (the YNN fusion is wrong there, module doc).
+    Unchanged where XLA_FLAGS forces several host devices: the YNN fusion is wrong there
+    (module doc).
     """
     parts = xla_flags.split()
     if forced_devices(xla_flags) > 1:
